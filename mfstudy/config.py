@@ -1,0 +1,321 @@
+"""Study configuration: one pydantic model per component, loaded from YAML.
+
+Every model forbids unknown keys, so a typo in a config file is an error that names the key
+instead of a silently ignored setting. Field docstrings are the reference documentation of the
+YAML format.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mfstudy.errors import ConfigError
+
+__all__ = [
+    "DATA_DIR_ENV",
+    "DataSource",
+    "EvaluationConfig",
+    "Lastfm2kSource",
+    "MovieLens100kSource",
+    "MovieLensLatestSmallSource",
+    "NewUserSplitConfig",
+    "RandomSplitConfig",
+    "SketchfabSource",
+    "SplitConfig",
+    "StudyConfig",
+    "SyntheticSource",
+    "TableSource",
+    "ThresholdConfig",
+    "UserHoldoutSplitConfig",
+    "Weighting",
+    "apply_overrides",
+    "format_validation_error",
+    "load_config",
+]
+
+DATA_DIR_ENV = "MFSTUDY_DATA_DIR"
+
+Weighting = Literal["binary", "sum", "max", "mean"]
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+# --------------------------------------------------------------------------- data sources
+
+
+class _Source(_Config):
+    weighting: Weighting = "binary"
+    """How repeated (user, item) pairs and their values become one weight: `binary` (1 for any
+    interaction, the blog's likes), `sum` (e.g. total play count), `max` or `mean` (ratings)."""
+
+
+class SyntheticSource(_Source):
+    """Generated interactions with planted low-rank preferences; the embedded offline default."""
+
+    source: Literal["synthetic"] = "synthetic"
+    n_users: int = Field(2_000, ge=1)
+    """Number of users generated (some may drop out in thresholding)."""
+    n_items: int = Field(1_000, ge=1)
+    """Number of items in the catalogue."""
+    n_interactions: int = Field(60_000, ge=1)
+    """Target number of distinct (user, item) pairs before duplicates are injected."""
+    rank: int = Field(8, ge=1)
+    """Dimension of the planted user/item preference vectors."""
+    popularity_exponent: float = Field(0.8, ge=0.0)
+    """Zipf exponent of item popularity: item i is drawn with weight (i + 1) ** -exponent."""
+    affinity: float = Field(2.0, ge=0.0)
+    """Strength of the planted preferences against raw popularity (0: popularity only)."""
+    values: Literal["binary", "count"] = "binary"
+    """`binary` likes, or `count` values (play-count-like, larger where preference is higher)."""
+    duplicate_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    """Fraction of rows repeated verbatim, as real logs contain (exercises de-duplication)."""
+
+
+class SketchfabSource(_Source):
+    """The blog recipe's Sketchfab likes: `modelname|mid|uid`, quotechar backslash."""
+
+    source: Literal["sketchfab"] = "sketchfab"
+    path: Path
+    """Path of the `|`-separated likes file."""
+
+
+class MovieLens100kSource(_Source):
+    """MovieLens 100k (`u.data`, `u.item`)."""
+
+    source: Literal["movielens-100k"] = "movielens-100k"
+    path: Path | None = None
+    """Folder holding `u.data` and `u.item`; default `$MFSTUDY_DATA_DIR/ml-100k`, else the
+    download cache."""
+
+
+class MovieLensLatestSmallSource(_Source):
+    """MovieLens latest-small (`ratings.csv`, `movies.csv`)."""
+
+    source: Literal["movielens-latest-small"] = "movielens-latest-small"
+    path: Path | None = None
+    """Folder holding `ratings.csv` and `movies.csv`; default `$MFSTUDY_DATA_DIR/ml-latest-small`,
+    else the download cache."""
+
+
+class Lastfm2kSource(_Source):
+    """hetrec2011 last.fm: `user_artists.dat` play counts, `artists.dat` names."""
+
+    source: Literal["lastfm-2k"] = "lastfm-2k"
+    path: Path | None = None
+    """Folder holding `user_artists.dat` and `artists.dat`; default `$MFSTUDY_DATA_DIR/lastfm-2k`,
+    else the download cache."""
+
+
+class TableSource(_Source):
+    """Any CSV, TSV or Parquet file with one row per interaction."""
+
+    source: Literal["table"] = "table"
+    path: Path
+    """The file to read."""
+    format: Literal["csv", "tsv", "parquet"] | None = None
+    """File format; inferred from the suffix when omitted (`.csv`, `.tsv`/`.tab`, `.parquet`)."""
+    sep: str | None = None
+    """Field separator for text files; default `,` for csv and tab for tsv."""
+    user_col: str = "user"
+    """Column holding user ids."""
+    item_col: str = "item"
+    """Column holding item ids."""
+    weight_col: str | None = None
+    """Column holding the weight or rating; omitted means every row weighs 1."""
+    item_name_col: str | None = None
+    """Column holding display names of items, if any."""
+
+
+DataSource = Annotated[
+    SyntheticSource
+    | SketchfabSource
+    | MovieLens100kSource
+    | MovieLensLatestSmallSource
+    | Lastfm2kSource
+    | TableSource,
+    Field(discriminator="source"),
+]
+
+# --------------------------------------------------------------------------- preparation
+
+
+class ThresholdConfig(_Config):
+    """Iterative k-core: drop sparse users and items, alternating, until nothing changes."""
+
+    min_items_per_user: int = Field(5, ge=1)
+    """A user is kept only with at least this many distinct items (the blog: 5)."""
+    min_users_per_item: int = Field(5, ge=1)
+    """An item is kept only with at least this many distinct users (the blog: 5)."""
+
+
+class UserHoldoutSplitConfig(_Config):
+    """The blog's split: move `k` interactions of a fraction of users to a test matrix."""
+
+    kind: Literal["user_holdout"] = "user_holdout"
+    fraction: float = Field(0.2, gt=0.0, le=1.0)
+    """Number of held-out users as a fraction of all users (the blog: 0.2)."""
+    k: int = Field(5, ge=1)
+    """Interactions moved to test for each held-out user (the blog: 5)."""
+    min_interactions: int | None = Field(None, ge=1)
+    """Only users with at least this many interactions are eligible; default `2 * k`."""
+
+
+class NewUserSplitConfig(_Config):
+    """Users left out of initial training; part of their data folds them in, the rest tests."""
+
+    kind: Literal["new_users"] = "new_users"
+    frac_new_users: float = Field(0.2, gt=0.0, lt=1.0)
+    """Fraction of users held out of initial training."""
+    foldin_fraction: float = Field(0.5, gt=0.0, lt=1.0)
+    """Fraction of each new user's interactions given for fold-in; the rest is test."""
+    min_interactions: int = Field(2, ge=2)
+    """Only users with at least this many interactions can be new users."""
+
+
+class RandomSplitConfig(_Config):
+    """A random fraction of all interactions (ratings) moved to test."""
+
+    kind: Literal["random"] = "random"
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    """Fraction of interactions in the test matrix (the second source: 0.2)."""
+
+
+SplitConfig = Annotated[
+    UserHoldoutSplitConfig | NewUserSplitConfig | RandomSplitConfig,
+    Field(discriminator="kind"),
+]
+
+
+class EvaluationConfig(_Config):
+    """How trained models are scored on the held-out users."""
+
+    k: int = Field(5, ge=1)
+    """Cut-off of the ranking metrics (precision@k, recall@k, nDCG@k, MAP@k)."""
+    exclude_seen: bool = True
+    """Exclude each user's training items from the test ranking (the blog did not: `false`)."""
+    batch_memory_mb: int = Field(256, ge=1)
+    """Upper bound on the memory of one batch of dense scores during ranking."""
+
+
+class StudyConfig(_Config):
+    """A whole study. `StudyConfig()` is the embedded default (`configs/quickstart.yaml`)."""
+
+    name: str = Field("quickstart", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    """Study name: used for the output folder, the Optuna study and the MLflow experiment."""
+    seed: int = Field(42, ge=0)
+    """The one seed every random choice (data generation, split, models) flows from."""
+    data: DataSource = Field(default_factory=SyntheticSource)
+    """Where the interactions come from."""
+    threshold: ThresholdConfig = Field(default_factory=ThresholdConfig)
+    """k-core thresholding applied after de-duplication."""
+    split: SplitConfig = Field(default_factory=UserHoldoutSplitConfig)
+    """How train and test are made."""
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    """Metrics on the held-out users."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_tags(cls, data: Any) -> Any:
+        # A section without its tag means the default kind, so `--set data.n_users=500` works on
+        # the embedded default without repeating `data.source=synthetic`.
+        if isinstance(data, dict):
+            data = dict(data)
+            for section, tag, default in (("data", "source", "synthetic"),
+                                          ("split", "kind", "user_holdout")):
+                if isinstance(data.get(section), dict) and tag not in data[section]:
+                    data[section] = {tag: default, **data[section]}
+        return data
+
+
+# --------------------------------------------------------------------------- loading
+
+# Discriminator values, dropped from error locations (see format_validation_error).
+_TAGS = frozenset(
+    [m.model_fields["source"].default for m in DataSource.__origin__.__args__]  # type: ignore[attr-defined]
+    + [m.model_fields["kind"].default for m in SplitConfig.__origin__.__args__]  # type: ignore[attr-defined]
+)
+
+
+def format_validation_error(err: ValidationError, origin: str) -> str:
+    """One line naming every offending key, e.g. `cfg.yaml: data.pth: unknown key`."""
+    parts = []
+    for e in err.errors():
+        # Discriminated unions put the tag in the location (`data.synthetic.n_users`); drop it so
+        # the path matches what the user wrote in the file.
+        loc = [str(p) for p in e["loc"]]
+        loc = [p for i, p in enumerate(loc) if not (i > 0 and p in _TAGS)]
+        where = ".".join(loc) or "<root>"
+        if e["type"] == "extra_forbidden":
+            parts.append(f"{where}: unknown key")
+        else:
+            parts.append(f"{where}: {e['msg']}")
+    return f"{origin}: " + "; ".join(parts)
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r}: expected key=value, e.g. split.k=5")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Return a copy of `raw` with dotted `key=value` overrides applied (values parsed as YAML)."""
+    import copy
+
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        path, value = _parse_override(item)
+        node = out
+        for part in path[:-1]:
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            elif not isinstance(nxt, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+            node = nxt
+        node[path[-1]] = value
+    return out
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> StudyConfig:
+    """Read and validate a study config; `None` gives the embedded default.
+
+    Raises :class:`ConfigError` with one line naming the file and every offending key.
+    """
+    origin = "<default config>"
+    raw: dict[str, Any] = {}
+    if path is not None:
+        origin = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{origin}: config file not found")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{origin}: not valid YAML{where}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{origin}: expected a mapping of settings at the top level")
+        raw = loaded
+    raw = apply_overrides(raw, overrides)
+    try:
+        return StudyConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, origin)) from None
