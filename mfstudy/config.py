@@ -227,8 +227,10 @@ class StudyConfig(_Config):
         # the embedded default without repeating `data.source=synthetic`.
         if isinstance(data, dict):
             data = dict(data)
-            for section, tag, default in (("data", "source", "synthetic"),
-                                          ("split", "kind", "user_holdout")):
+            for section, tag, default in (
+                ("data", "source", "synthetic"),
+                ("split", "kind", "user_holdout"),
+            ):
                 if isinstance(data.get(section), dict) and tag not in data[section]:
                     data[section] = {tag: default, **data[section]}
         return data

@@ -7,23 +7,15 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def shared_data_dir() -> Path | None:
-    """`$MFSTUDY_DATA_DIR`, or `../shared/data` beside the repo when it exists."""
-    env = os.environ.get("MFSTUDY_DATA_DIR")
-    candidates = [Path(env)] if env else []
-    candidates.append(REPO.parent / "shared" / "data")
-    for c in candidates:
-        if c.is_dir():
-            return c.resolve()
-    return None
+from helpers import shared_data_dir
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     d = shared_data_dir()
     if d is None:
+        # CI always has the datasets; a silent skip there would hide a broken data path.
+        if os.environ.get("CI"):
+            pytest.fail("real datasets not found: set MFSTUDY_DATA_DIR")
         pytest.skip("real datasets not available (set MFSTUDY_DATA_DIR)")
     return d

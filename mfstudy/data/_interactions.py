@@ -152,4 +152,6 @@ def clean(raw: RawInteractions, weighting: str) -> tuple[Interactions, CleanStat
         item_ids=np.asarray(item_ids),
         item_names=names,
     )
-    return inter, CleanStats(rows_read=raw.rows_read, duplicates_dropped=n_dup, interactions=inter.nnz)
+    return inter, CleanStats(
+        rows_read=raw.rows_read, duplicates_dropped=n_dup, interactions=inter.nnz
+    )

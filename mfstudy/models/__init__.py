@@ -9,9 +9,7 @@ __all__ = ["Callback", "DivergedError", "Recommender", "model_class"]
 
 def model_class(family: str) -> type[Recommender]:
     """The model class registered under `family` (`wrmf`, `sgd`, `als`, `baseline`)."""
-    registry: dict[str, type[Recommender]] = {
-        cls.family: cls for cls in _registered()
-    }
+    registry: dict[str, type[Recommender]] = {cls.family: cls for cls in _registered()}
     try:
         return registry[family]
     except KeyError:

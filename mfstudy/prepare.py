@@ -1,0 +1,179 @@
+"""The data half of a study: ingest, de-duplicate, threshold, encode and split.
+
+`prepare(cfg)` does the work in memory; `write_prepared` saves it atomically (a half-written
+output folder never appears under its final name) and `read_prepared` loads it back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from mfstudy.config import StudyConfig
+from mfstudy.data import Interactions, clean, load
+from mfstudy.errors import DataError
+from mfstudy.split import HoldoutSplit, NewUserSplit, RandomSplit, make_split
+from mfstudy.thresholding import threshold
+
+__all__ = ["Prepared", "prepare", "read_prepared", "write_prepared"]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything a study trains and evaluates on.
+
+    `train` and `test` always exist; `foldin` only for the new-user split. `users` are the rows
+    evaluated on the test matrix (held-out or new users; every user with a test entry for the
+    random split).
+    """
+
+    interactions: Interactions
+    full: sp.csr_matrix
+    train: sp.csr_matrix
+    test: sp.csr_matrix
+    users: np.ndarray
+    foldin: sp.csr_matrix | None
+    stats: dict[str, Any]
+
+
+def prepare(cfg: StudyConfig) -> Prepared:
+    """Run ingest -> clean -> threshold -> split for `cfg`; every random choice from `cfg.seed`."""
+    raw = load(cfg.data, seed=cfg.seed)
+    inter, cstats = clean(raw, cfg.data.weighting)
+    kept, tstats = threshold(
+        inter, cfg.threshold.min_items_per_user, cfg.threshold.min_users_per_item
+    )
+    full = kept.to_csr()
+    split = make_split(full, cfg.split, seed=cfg.seed)
+
+    foldin: sp.csr_matrix | None = None
+    if isinstance(split, HoldoutSplit):
+        users = split.users
+    elif isinstance(split, NewUserSplit):
+        users, foldin = split.new_users, split.foldin
+    elif isinstance(split, RandomSplit):
+        users = np.flatnonzero(np.diff(split.test.indptr))
+    else:  # pragma: no cover - make_split only returns the three kinds
+        raise TypeError(type(split))
+
+    split_stats: dict[str, Any] = {
+        "kind": cfg.split.kind,
+        "train_interactions": int(split.train.nnz),
+        "test_interactions": int(split.test.nnz),
+        "evaluated_users": len(users),
+    }
+    counts = np.diff(full.indptr)
+    if cfg.split.kind == "user_holdout":
+        need = cfg.split.min_interactions or 2 * cfg.split.k
+        split_stats.update(eligible_users=int((counts >= need).sum()), heldout_users=len(users))
+    elif cfg.split.kind == "new_users":
+        split_stats.update(
+            eligible_users=int((counts >= cfg.split.min_interactions).sum()),
+            new_users=len(users),
+            foldin_interactions=int(foldin.nnz) if foldin is not None else 0,
+        )
+    stats = {
+        "name": cfg.name,
+        "seed": cfg.seed,
+        "source": raw.source,
+        "rows_read": cstats.rows_read,
+        "duplicates_dropped": cstats.duplicates_dropped,
+        "before_threshold": inter.summary(),
+        "after_threshold": kept.summary(),
+        "threshold": tstats.to_dict(),
+        "split": split_stats,
+        "config": cfg.model_dump(mode="json"),
+    }
+    return Prepared(kept, full, split.train, split.test, np.asarray(users, np.int64), foldin, stats)
+
+
+def write_prepared(p: Prepared, out: str | os.PathLike[str]) -> Path:
+    """Write matrices (`.npz`), id maps (CSV), evaluated users and `stats.json` into `out`.
+
+    Files go to a temporary sibling folder first, which replaces `out` only once complete.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for name, m in (
+            ("full", p.full),
+            ("train", p.train),
+            ("test", p.test),
+            ("foldin", p.foldin),
+        ):
+            if m is not None:
+                sp.save_npz(tmp / f"{name}.npz", m.tocsr())
+        pd.DataFrame(
+            {"index": np.arange(p.interactions.n_users), "user_id": p.interactions.user_ids}
+        ).to_csv(tmp / "users.csv", index=False)
+        items = pd.DataFrame(
+            {"index": np.arange(p.interactions.n_items), "item_id": p.interactions.item_ids}
+        )
+        if p.interactions.item_names is not None:
+            items["name"] = p.interactions.item_names
+        items.to_csv(tmp / "items.csv", index=False)
+        np.save(tmp / "users_evaluated.npy", p.users)
+        (tmp / "stats.json").write_text(json.dumps(p.stats, indent=2, default=_json_default))
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    # rename() is atomic for a new name; an existing folder is moved aside first so a reader
+    # never sees a mix of old and new files.
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        dst.rename(old)
+        src.rename(dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        src.rename(dst)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_prepared(folder: str | os.PathLike[str]) -> Prepared:
+    """Load what `write_prepared` wrote."""
+    d = Path(folder)
+    if not (d / "stats.json").is_file():
+        raise DataError(f"{d}: not a prepared folder (no stats.json); run `mfstudy prepare` first")
+    stats = json.loads((d / "stats.json").read_text())
+    users = pd.read_csv(d / "users.csv", keep_default_na=False)
+    items = pd.read_csv(d / "items.csv", keep_default_na=False)
+    full = sp.load_npz(d / "full.npz").tocsr()
+    coo = full.tocoo()
+    inter = Interactions(
+        users=coo.row.astype(np.int32),
+        items=coo.col.astype(np.int32),
+        weights=coo.data.astype(np.float32),
+        user_ids=users["user_id"].to_numpy(),
+        item_ids=items["item_id"].to_numpy(),
+        item_names=items["name"].astype(str).to_numpy(dtype=object) if "name" in items else None,
+    )
+    foldin = sp.load_npz(d / "foldin.npz").tocsr() if (d / "foldin.npz").exists() else None
+    return Prepared(
+        interactions=inter,
+        full=full,
+        train=sp.load_npz(d / "train.npz").tocsr(),
+        test=sp.load_npz(d / "test.npz").tocsr(),
+        users=np.load(d / "users_evaluated.npy"),
+        foldin=foldin,
+        stats=stats,
+    )
