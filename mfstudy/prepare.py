@@ -67,20 +67,9 @@ def prepare(cfg: StudyConfig) -> Prepared:
 
     split_stats: dict[str, Any] = {
         "kind": cfg.split.kind,
-        "train_interactions": int(split.train.nnz),
-        "test_interactions": int(split.test.nnz),
+        **split.summary(),
         "evaluated_users": len(users),
     }
-    counts = np.diff(full.indptr)
-    if cfg.split.kind == "user_holdout":
-        need = cfg.split.min_interactions or 2 * cfg.split.k
-        split_stats.update(eligible_users=int((counts >= need).sum()), heldout_users=len(users))
-    elif cfg.split.kind == "new_users":
-        split_stats.update(
-            eligible_users=int((counts >= cfg.split.min_interactions).sum()),
-            new_users=len(users),
-            foldin_interactions=int(foldin.nnz) if foldin is not None else 0,
-        )
     stats = {
         "name": cfg.name,
         "seed": cfg.seed,

@@ -59,7 +59,7 @@ def test_core_import_pulls_in_no_orchestration_library(tmp_path: Path) -> None:
     code = (
         "import sys\n"
         + "".join(f"import {m}\n" for m in CORE)
-        + f"bad = sorted({sorted(HEAVY)!r} & {{m.split('.')[0] for m in sys.modules}})\n"
+        + f"bad = sorted(set({sorted(HEAVY)!r}) & {{m.split('.')[0] for m in sys.modules}})\n"
         + "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True)
