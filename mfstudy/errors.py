@@ -7,7 +7,7 @@ escaping is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "DataError", "MFStudyError", "SplitError"]
+__all__ = ["ConfigError", "DataError", "MFStudyError", "SplitError", "StudyError"]
 
 
 class MFStudyError(Exception):
@@ -30,3 +30,7 @@ class DataError(MFStudyError):
 
 class SplitError(MFStudyError):
     """A split that cannot be made with the data at hand (too few eligible users, k too large)."""
+
+
+class StudyError(MFStudyError):
+    """A study that cannot go on (no complete trial to retrain, storage mismatch)."""

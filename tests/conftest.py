@@ -1,4 +1,4 @@
-"""Shared fixtures: where the real datasets live."""
+"""Shared fixtures: where the real datasets live, and a guard against the network."""
 
 from __future__ import annotations
 
@@ -8,6 +8,25 @@ from pathlib import Path
 import pytest
 
 from helpers import shared_data_dir
+from mfstudy.data import CACHE_DIR_ENV, DOWNLOAD_BASE_ENV
+
+
+@pytest.fixture(autouse=True)
+def _offline_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private download cache per test, and downloads pointed at a closed local port.
+
+    Should a test fall through to a download by mistake, it fails fast on 127.0.0.1 instead of
+    fetching the official archive (this machine has no internet; CI must not depend on it).
+    The real datasets, when present, are exported as MFSTUDY_DATA_DIR so that subprocesses
+    (the CLI, worker processes) find them too.
+    """
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(CACHE_DIR_ENV, str(cache))
+    monkeypatch.setenv(DOWNLOAD_BASE_ENV, "http://127.0.0.1:9/nowhere")
+    data = shared_data_dir()
+    if data is not None:
+        monkeypatch.setenv("MFSTUDY_DATA_DIR", str(data))
+    return cache
 
 
 @pytest.fixture(scope="session")

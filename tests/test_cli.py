@@ -1,0 +1,73 @@
+"""The `mfstudy` command as a user runs it: a real process, its exit code and its output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO
+
+EXE = str(Path(sys.executable).with_name("mfstudy"))
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([EXE, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_version(tmp_path: Path) -> None:
+    res = run("--version", cwd=tmp_path)
+    assert res.returncode == 0 and res.stdout.startswith("mfstudy ")
+
+
+def test_prepare_embedded_default(tmp_path: Path) -> None:
+    res = run("prepare", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    out = tmp_path / "runs" / "quickstart" / "data"
+    assert res.stdout.strip().endswith(str(Path("runs") / "quickstart" / "data"))
+    names = {p.name for p in out.iterdir()}
+    assert names == {
+        "full.npz", "train.npz", "test.npz", "users.csv", "items.csv",
+        "users_evaluated.npy", "stats.json",
+    }  # fmt: skip
+    stats = json.loads((out / "stats.json").read_text())
+    for key in ("rows_read", "duplicates_dropped", "before_threshold", "after_threshold", "seed"):
+        assert key in stats
+    assert stats["split"]["heldout_users"] > 0
+    assert stats["split"]["eligible_users"] >= stats["split"]["heldout_users"]
+    # Nothing but the final folder is left behind (no temporary siblings).
+    assert [p.name for p in (tmp_path / "runs" / "quickstart").iterdir()] == ["data"]
+
+
+def test_prepare_lastfm_matches_the_recipe(tmp_path: Path, data_dir: Path) -> None:
+    res = run("prepare", str(REPO / "configs" / "lastfm-2k.yaml"), "--out", "o", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    stats = json.loads((tmp_path / "o" / "stats.json").read_text())
+    assert stats["after_threshold"]["users"] == 1859
+    assert stats["after_threshold"]["items"] == 2823
+    assert stats["after_threshold"]["interactions"] == 71355
+    assert stats["split"]["heldout_users"] == 371  # floor(0.2 * 1859)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--set", "split.kk=3"], "split.kk: unknown key"),
+        (["--set", "data.source=table", "--set", "data.path=absent.csv"], "absent.csv"),
+        (["--set", "threshold.min_items_per_user=100000"], "no interactions left"),
+        (["--set", "split.k=400"], "Not enough users"),
+        (["nope.yaml"], "nope.yaml: config file not found"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], needle: str) -> None:
+    res = run("prepare", *args, "--out", "out", cwd=tmp_path)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("mfstudy: error: ")
+    assert needle in lines[0]
+    assert not (tmp_path / "out").exists()
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,69 @@
+"""`prepare` end to end in memory, and its atomic output folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mfstudy import prepare as prepare_mod
+from mfstudy.config import load_config
+from mfstudy.prepare import prepare, read_prepared, write_prepared
+
+SMALL = ["data.n_users=400", "data.n_items=200", "data.n_interactions=12000"]
+
+
+def test_prepare_invariants_and_round_trip(tmp_path: Path) -> None:
+    cfg = load_config(None, [*SMALL, "data.duplicate_fraction=0.05"])
+    p = prepare(cfg)
+    assert p.stats["duplicates_dropped"] > 0
+    assert p.train.multiply(p.test).nnz == 0
+    assert abs(p.train + p.test - p.full).sum() == 0
+    assert np.array_equal(np.flatnonzero(np.diff(p.test.indptr)), p.users)
+    assert (np.diff(p.test.indptr)[p.users] == cfg.split.k).all()
+
+    out = write_prepared(p, tmp_path / "prep")
+    back = read_prepared(out)
+    for name in ("full", "train", "test"):
+        a, b = getattr(p, name), getattr(back, name)
+        assert (a != b).nnz == 0 and a.shape == b.shape
+    assert np.array_equal(back.users, p.users)
+    assert np.array_equal(back.interactions.item_ids, p.interactions.item_ids)
+    assert json.loads((out / "stats.json").read_text()) == back.stats
+
+
+def test_prepare_is_deterministic_by_seed() -> None:
+    a = prepare(load_config(None, SMALL))
+    b = prepare(load_config(None, SMALL))
+    c = prepare(load_config(None, [*SMALL, "seed=7"]))
+    assert (a.test != b.test).nnz == 0
+    assert a.test.shape != c.test.shape or (a.test != c.test).nnz > 0
+
+
+def test_new_user_split_writes_foldin(tmp_path: Path) -> None:
+    p = prepare(load_config(None, [*SMALL, "split.kind=new_users"]))
+    assert p.foldin is not None and p.foldin.nnz > 0
+    assert p.train[p.users].nnz == 0
+    back = read_prepared(write_prepared(p, tmp_path / "prep"))
+    assert back.foldin is not None and (back.foldin != p.foldin).nnz == 0
+
+
+def test_failed_write_leaves_nothing_and_keeps_the_old_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = prepare(load_config(None, SMALL))
+    out = write_prepared(p, tmp_path / "prep")
+    before = sorted(x.name for x in out.iterdir())
+
+    def boom(*_a: object, **_k: object) -> str:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(prepare_mod.json, "dumps", boom)
+    with pytest.raises(OSError, match="disk full"):
+        write_prepared(p, tmp_path / "prep")
+    with pytest.raises(OSError, match="disk full"):
+        write_prepared(p, tmp_path / "other")
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["prep"]
+    assert sorted(x.name for x in out.iterdir()) == before
