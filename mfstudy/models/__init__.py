@@ -19,4 +19,7 @@ def model_class(family: str) -> type[Recommender]:
 
 def _registered() -> list[type[Recommender]]:
     # Filled as model families land; imported lazily so `import mfstudy.models` stays cheap.
-    return []
+    from mfstudy.models.explicit import ALSMF, SGDMF, Baseline
+    from mfstudy.models.wrmf import WRMF
+
+    return [WRMF, SGDMF, ALSMF, Baseline]

@@ -122,7 +122,9 @@ class Recommender(ABC):
         Appends their factors and interactions; returns the new users' indices.
         """
         self._check_fitted()
-        rows = sp.csr_matrix(rows, dtype=np.float32)
+        rows = sp.csr_matrix(rows, dtype=np.float32, copy=True)
+        # A stored zero is no interaction: it must not count as seen.
+        rows.eliminate_zeros()
         if rows.shape[1] != self.item_factors_.shape[0]:
             raise ValueError(
                 f"update_users: rows have {rows.shape[1]} items, model has "
