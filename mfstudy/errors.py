@@ -17,7 +17,8 @@ class MFStudyError(Exception):
 
     def __str__(self) -> str:
         # Collapse newlines so the message stays a single line wherever it is printed.
-        return " ".join(super().__str__().split())
+        # BaseException's, not super()'s: a subclass that is also a KeyError would quote it.
+        return " ".join(BaseException.__str__(self).split())
 
 
 class ConfigError(MFStudyError):

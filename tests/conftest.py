@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from servers import MlflowServer
 
 from helpers import shared_data_dir
 from mfstudy.data import CACHE_DIR_ENV, DOWNLOAD_BASE_ENV
@@ -38,3 +40,31 @@ def data_dir() -> Path:
             pytest.fail("real datasets not found: set MFSTUDY_DATA_DIR")
         pytest.skip("real datasets not available (set MFSTUDY_DATA_DIR)")
     return d
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def tracking_uri(mlflow_server: MlflowServer) -> str:
+    return mlflow_server.uri
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_default_store_in_cwd() -> Iterator[None]:
+    """Fail if anything fell back to MLflow's *default* store (./mlflow.db, ./mlruns).
+
+    That happens when code resolves a URI through MLflow's global state instead of the URI it
+    was given, the bug this package is written to avoid.
+    """
+    paths = [Path.cwd() / "mlflow.db", Path.cwd() / "mlruns"]
+    before = {p for p in paths if p.exists()}
+    yield
+    created = [str(p) for p in paths if p.exists() and p not in before]
+    assert not created, f"MLflow default store created: {created}"

@@ -1,0 +1,78 @@
+"""Cost of logging per-epoch metrics: batched `TrialRun` vs one `log_metric` call per value.
+
+Not a test (no timing assertions anywhere): run it by hand against a real local server,
+
+    python bench/tracking_overhead.py
+
+It starts `mlflow server` on a temporary SQLite store, logs 3 runs x 5 metrics x 20 epochs
+both ways (each way timed from run creation to run end, on fresh runs), and prints wall times.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mlflow import MlflowClient
+
+# The server helper of the tests starts and stops a real `mlflow server`.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from servers import MlflowServer
+
+from mfstudy.tracking import TrialRun, start_study
+
+RUNS, METRICS, EPOCHS, REPEATS = 3, 5, 20, 3
+
+
+def metrics_at(epoch: int) -> dict[str, float]:
+    return {f"metric_{j}": 1.0 / (epoch + j) for j in range(METRICS)}
+
+
+def batched(uri: str, exp_id: str, parent: str) -> float:
+    t0 = time.perf_counter()
+    for n in range(RUNS):
+        tr = TrialRun.start(uri, exp_id, parent, n, {"n": n}, flush_every=10)
+        for epoch in range(1, EPOCHS + 1):
+            tr.log_epoch(epoch, metrics_at(epoch))
+        assert tr.end("complete").delivered
+    return time.perf_counter() - t0
+
+
+def naive(uri: str, exp_id: str, parent: str) -> float:
+    client = MlflowClient(uri)
+    t0 = time.perf_counter()
+    for n in range(RUNS):
+        run = client.create_run(exp_id, tags={"mlflow.parentRunId": parent}, run_name=f"n{n}")
+        client.log_param(run.info.run_id, "n", n)
+        for epoch in range(1, EPOCHS + 1):
+            for key, value in metrics_at(epoch).items():
+                client.log_metric(run.info.run_id, key, value, step=epoch)
+        client.set_terminated(run.info.run_id)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        server = MlflowServer(Path(tmp)).start()
+        try:
+            st = start_study(server.uri, "bench", "bench", {}, {}, None)
+            batched(server.uri, st.experiment_id, st.run_id)  # warm-up (connections, imports)
+            naive(server.uri, st.experiment_id, st.run_id)
+            b = [batched(server.uri, st.experiment_id, st.run_id) for _ in range(REPEATS)]
+            n = [naive(server.uri, st.experiment_id, st.run_id) for _ in range(REPEATS)]
+        finally:
+            server.stop()
+    values = RUNS * METRICS * EPOCHS
+    print(
+        f"{RUNS} runs x {METRICS} metrics x {EPOCHS} epochs = {values} values, median of {REPEATS}"
+    )
+    print(f"batched TrialRun (log_batch every 10 epochs): {statistics.median(b):.3f} s  {b}")
+    print(f"naive log_metric per value:                   {statistics.median(n):.3f} s  {n}")
+    print(f"speed-up: {statistics.median(n) / statistics.median(b):.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""MLflow tracking of studies: the only package of mfstudy that imports mlflow.
+
+Layout of what a study records:
+
+- one experiment per study, holding one parent run (tag `mfstudy.study`), found again on resume
+  (:func:`start_study`, :func:`finish_study`);
+- one nested run per trial (`trial-0007`, tag `mlflow.parentRunId`) with per-epoch metrics at
+  step = epoch, ended FINISHED / KILLED (pruned) / FAILED (:class:`TrialRun`); data the server
+  could not take is spooled locally and sent later (:func:`replay_spool`);
+- on the parent run: config, data statistics, trials table, best trial, figures
+  (:func:`log_study_artifacts`);
+- the retrained model as a pyfunc model, registered with alias `champion` when it beats the
+  current one (:func:`log_recommender`, :func:`set_champion_if_better`,
+  :func:`load_recommender`).
+
+Every function takes the tracking URI as a string and builds its own client: nothing is set
+globally, and everything handed to worker processes is plain ids and strings. Importing this
+package is cheap; MLflow is imported on first use of a name that needs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from mfstudy.tracking._errors import HoldoutMismatchError, TrackingError, UnknownIdError
+from mfstudy.tracking._uri import tracking_uri_for
+
+if TYPE_CHECKING:
+    from mfstudy.tracking._artifacts import (
+        learning_curve_figure,
+        log_study_artifacts,
+        read_trial_histories,
+        trial_traces_figure,
+    )
+    from mfstudy.tracking._model import (
+        CHAMPION,
+        LoggedRecommender,
+        RecommenderPyfunc,
+        load_recommender,
+        log_recommender,
+        set_champion_if_better,
+    )
+    from mfstudy.tracking._recommender import LoadedRecommender
+    from mfstudy.tracking._study import StudyRun, fail_run, finish_study, log_file, start_study
+    from mfstudy.tracking._transport import FailurePolicy, check_reachable
+    from mfstudy.tracking._trial import ReplayReport, TrialEnd, TrialRun, replay_spool
+
+__all__ = [
+    "CHAMPION",
+    "FailurePolicy",
+    "HoldoutMismatchError",
+    "LoadedRecommender",
+    "LoggedRecommender",
+    "RecommenderPyfunc",
+    "ReplayReport",
+    "StudyRun",
+    "TrackingError",
+    "TrialEnd",
+    "TrialRun",
+    "UnknownIdError",
+    "check_reachable",
+    "fail_run",
+    "finish_study",
+    "learning_curve_figure",
+    "load_recommender",
+    "log_file",
+    "log_recommender",
+    "log_study_artifacts",
+    "read_trial_histories",
+    "replay_spool",
+    "set_champion_if_better",
+    "start_study",
+    "tracking_uri_for",
+    "trial_traces_figure",
+]
+
+_LAZY = {
+    "learning_curve_figure": "_artifacts",
+    "log_study_artifacts": "_artifacts",
+    "read_trial_histories": "_artifacts",
+    "trial_traces_figure": "_artifacts",
+    "CHAMPION": "_model",
+    "LoggedRecommender": "_model",
+    "RecommenderPyfunc": "_model",
+    "load_recommender": "_model",
+    "log_recommender": "_model",
+    "set_champion_if_better": "_model",
+    "LoadedRecommender": "_recommender",
+    "StudyRun": "_study",
+    "finish_study": "_study",
+    "fail_run": "_study",
+    "log_file": "_study",
+    "start_study": "_study",
+    "FailurePolicy": "_transport",
+    "check_reachable": "_transport",
+    "ReplayReport": "_trial",
+    "TrialEnd": "_trial",
+    "TrialRun": "_trial",
+    "replay_spool": "_trial",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: `import mfstudy.tracking` must not cost MLflow's import time (seconds) for a CLI
+    # command that never tracks anything.
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,60 @@
+"""Nested config/stats dicts as MLflow params: dotted keys, values clipped to MLflow's limits."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH
+
+__all__ = ["clip_param_key", "clip_param_value", "flatten", "split_numeric"]
+
+_ELLIPSIS = "..."
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"a": {"b": 1}}` -> `{"a.b": 1}`; lists and scalars are leaves."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def clip_param_key(key: str) -> str:
+    """A key within MLflow's length limit (its tail kept: the leaf name is the informative part)."""
+    k = str(key)
+    if len(k) <= MAX_ENTITY_KEY_LENGTH:
+        return k
+    return _ELLIPSIS + k[-(MAX_ENTITY_KEY_LENGTH - len(_ELLIPSIS)) :]
+
+
+def clip_param_value(value: Any) -> str:
+    """The value as MLflow stores it (a string), truncated to MLflow's param limit."""
+    if isinstance(value, str):
+        text = value
+    elif value is None or isinstance(value, bool | int | float):
+        text = str(value)
+    else:
+        text = json.dumps(value, default=str, sort_keys=True)
+    if len(text) > MAX_PARAM_VAL_LENGTH:
+        text = text[: MAX_PARAM_VAL_LENGTH - len(_ELLIPSIS)] + _ELLIPSIS
+    return text
+
+
+def split_numeric(flat: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, str]]:
+    """Finite numbers (not booleans) become metrics; everything else stays a param string."""
+    metrics: dict[str, float] = {}
+    params: dict[str, str] = {}
+    for key, value in flat.items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if math.isfinite(float(value)):
+                metrics[clip_param_key(key)] = float(value)
+                continue
+        params[clip_param_key(key)] = clip_param_value(value)
+    return metrics, params

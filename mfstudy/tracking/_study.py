@@ -1,0 +1,186 @@
+"""The study's parent run: one experiment per study, one parent run per study, resumable.
+
+Re-running a study must continue its record, not start a second one, so the parent run is
+found again by its `mfstudy.study` tag. MLflow params are immutable, so on resume only params
+that did not exist yet are logged; changed values are listed in a tag and the new config is
+written as the `config.yaml` artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag, ViewType
+from mlflow.exceptions import MlflowException
+from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
+
+from mfstudy.tracking._errors import TrackingError
+from mfstudy.tracking._params import clip_param_key, clip_param_value, flatten, split_numeric
+from mfstudy.tracking._transport import check_reachable, short_reason
+from mfstudy.tracking._uri import local_artifact_root
+
+__all__ = ["StudyRun", "finish_study", "start_study"]
+
+_log = logging.getLogger(__name__)
+
+STUDY_TAG = "mfstudy.study"
+ROLE_TAG = "mfstudy.role"
+_END_STATUS = {"complete": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    """The parent run of a study (plain ids: pass it to worker processes as is)."""
+
+    uri: str
+    experiment_id: str
+    run_id: str
+    resumed: bool
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _experiment_id(client: MlflowClient, name: str, study_name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            raise TrackingError(
+                f"MLflow experiment {name!r} is deleted; restore it or choose another name"
+            )
+        return exp.experiment_id
+    try:
+        root = local_artifact_root(client.tracking_uri)
+        return client.create_experiment(name, artifact_location=root, tags={STUDY_TAG: study_name})
+    except MlflowException as exc:  # created concurrently
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        found = client.get_experiment_by_name(name)
+        assert found is not None
+        return found.experiment_id
+
+
+def _find_parent(client: MlflowClient, experiment_id: str, study_name: str) -> str | None:
+    if "'" in study_name:
+        raise TrackingError(f"study name {study_name!r} must not contain a single quote")
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{STUDY_TAG}` = '{study_name}' and tags.`{ROLE_TAG}` = 'study'",
+        run_view_type=ViewType.ACTIVE_ONLY,
+        max_results=1,
+        order_by=["attributes.start_time ASC"],
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def start_study(
+    uri: str,
+    experiment_name: str,
+    study_name: str,
+    config: dict[str, Any],
+    stats: dict[str, Any],
+    stats_path: Path | None = None,
+) -> StudyRun:
+    """Create (or find again) the study's parent run and log config and data statistics.
+
+    Config goes in as params (dotted keys, clipped to MLflow's limits) and as `config.yaml`;
+    numeric stats as metrics `stats.<key>`, others as params; `stats_path` (or the stats dict)
+    as `stats.json`. Fails fast with :class:`TrackingError` when the server is unreachable.
+    """
+    check_reachable(uri)
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        exp_id = _experiment_id(client, experiment_name, study_name)
+        run_id = _find_parent(client, exp_id, study_name)
+        resumed = run_id is not None
+        if run_id is None:
+            run = client.create_run(
+                exp_id, run_name=study_name, tags={STUDY_TAG: study_name, ROLE_TAG: "study"}
+            )
+            run_id = run.info.run_id
+            existing: dict[str, str] = {}
+        else:
+            run = client.get_run(run_id)
+            existing = dict(run.data.params)
+            client.update_run(run_id, status="RUNNING")
+        _log_config_and_stats(client, run_id, config, stats, stats_path, existing)
+    except MlflowException as exc:
+        raise TrackingError(
+            f"could not start study {study_name!r} in MLflow at {uri}: {short_reason(exc)}"
+        ) from exc
+    return StudyRun(uri, exp_id, run_id, resumed)
+
+
+def _log_config_and_stats(
+    client: MlflowClient,
+    run_id: str,
+    config: dict[str, Any],
+    stats: dict[str, Any],
+    stats_path: Path | None,
+    existing: dict[str, str],
+) -> None:
+    params = {clip_param_key(k): clip_param_value(v) for k, v in flatten(config).items()}
+    stat_metrics, stat_params = split_numeric(flatten(stats, "stats."))
+    params.update(stat_params)
+    changed = sorted(k for k, v in params.items() if k in existing and existing[k] != v)
+    new = {k: v for k, v in params.items() if k not in existing}
+    tags = []
+    if existing:
+        resumes = int(client.get_run(run_id).data.tags.get("mfstudy.resumes", "0")) + 1
+        tags.append(RunTag("mfstudy.resumes", str(resumes)))
+    if changed:
+        _log.warning("study resumed with changed config keys (not re-logged): %s", changed)
+        tags.append(RunTag("mfstudy.config_changed", ",".join(changed)[:MAX_TAG_VAL_LENGTH]))
+    now = _now_ms()
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, v, now, 0) for k, v in stat_metrics.items()],
+        params=[Param(k, v) for k, v in new.items()],
+        tags=tags,
+        synchronous=True,
+    )
+    client.log_text(run_id, yaml.safe_dump(config, sort_keys=False), "config.yaml")
+    # Always named stats.json, whatever the file given is called.
+    text = (
+        Path(stats_path).read_text()
+        if stats_path is not None
+        else json.dumps(stats, indent=2, default=str)
+    )
+    client.log_text(run_id, text, "stats.json")
+
+
+def finish_study(
+    uri: str, run_id: str, state: Literal["complete", "failed", "interrupted"] = "complete"
+) -> None:
+    """End the parent run: FINISHED, FAILED or KILLED (interrupted; resumable later)."""
+    try:
+        MlflowClient(tracking_uri=uri).set_terminated(run_id, status=_END_STATUS[state])
+    except MlflowException as exc:
+        raise TrackingError(f"could not end study run {run_id}: {short_reason(exc)}") from exc
+
+
+def fail_run(uri: str, run_id: str, reason: str) -> None:
+    """End a run FAILED with `reason` as tag `mfstudy.error` (a trial whose worker crashed)."""
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        client.set_tag(run_id, "mfstudy.error", reason[:MAX_TAG_VAL_LENGTH])
+        client.set_tag(run_id, "mfstudy.state", "failed")
+        client.set_terminated(run_id, status="FAILED")
+    except MlflowException as exc:
+        raise TrackingError(f"could not mark run {run_id} failed: {short_reason(exc)}") from exc
+
+
+def log_file(uri: str, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+    """Attach a local file to a run as an artifact."""
+    try:
+        MlflowClient(tracking_uri=uri).log_artifact(run_id, str(path), artifact_path)
+    except MlflowException as exc:
+        raise TrackingError(f"could not log {Path(path).name}: {short_reason(exc)}") from exc

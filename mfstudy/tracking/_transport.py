@@ -1,0 +1,173 @@
+"""The few tracking calls a trial makes, with a short, explicit failure policy.
+
+`MlflowClient` retries a failed HTTP request 7 times with exponential backoff (about four
+minutes) and reads that policy from process-wide environment variables. A trial must not stall
+for minutes because the server blinked, and changing `os.environ` would affect every other user
+of MLflow in the process. So for HTTP(S) URIs the hot-path calls (create run, log batch, end
+run, reachability) go through MLflow's own `http_request` with a per-call retry count and
+timeout, building the same protobuf payloads as MLflow's REST store. For a local database URI
+there is no network to fail and `MlflowClient` is used as is.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.protos.service_pb2 import CreateRun, LogBatch, SearchExperiments, UpdateRun
+from mlflow.utils.credentials import get_default_host_creds
+from mlflow.utils.proto_json_utils import message_to_json
+from mlflow.utils.rest_utils import http_request, verify_rest_response
+from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
+
+from mfstudy.tracking._errors import TrackingError
+from mfstudy.tracking._uri import is_http_uri
+
+__all__ = ["FailurePolicy", "Transport", "check_reachable", "short_reason"]
+
+_API = "/api/2.0/mlflow"
+
+
+@dataclass(frozen=True)
+class FailurePolicy:
+    """How hard a trial tries before giving up on one request (seconds, retries)."""
+
+    timeout: int = 5
+    retries: int = 1
+    backoff_factor: int = 0
+
+
+#: Reachability is checked once before a study; a little more patience than a flush.
+CHECK_POLICY = FailurePolicy(timeout=5, retries=1, backoff_factor=0)
+
+
+def short_reason(exc: BaseException) -> str:
+    """The useful tail of a (possibly nested, very long) requests/urllib3 error message."""
+    text = " ".join(str(exc).split())
+    errno = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
+    if errno:
+        return errno.group(1).strip()
+    if "timed out" in text.lower() or "timeout" in type(exc).__name__.lower():
+        return "request timed out"
+    return (text[:200] + "...") if len(text) > 200 else (text or type(exc).__name__)
+
+
+class Transport:
+    """Create runs, log batches and end runs against one tracking URI.
+
+    Holds only the URI and the policy, so it is cheap to rebuild in each worker process and
+    safe to pickle (the client is created lazily per process).
+    """
+
+    def __init__(self, uri: str, policy: FailurePolicy | None = None) -> None:
+        self.uri = uri
+        self.policy = policy or FailurePolicy()
+        self._client: MlflowClient | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"uri": self.uri, "policy": self.policy, "_client": None}
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    # ------------------------------------------------------------------ REST plumbing
+
+    def _post(self, endpoint: str, message: Any, method: str = "POST") -> dict[str, Any]:
+        body = json.loads(message_to_json(message))
+        kwargs: dict[str, Any] = {"params": body} if method == "GET" else {"json": body}
+        response = http_request(
+            get_default_host_creds(self.uri),
+            f"{_API}/{endpoint}",
+            method,
+            max_retries=self.policy.retries,
+            backoff_factor=self.policy.backoff_factor,
+            backoff_jitter=0.0,
+            timeout=self.policy.timeout,
+            **kwargs,
+        )
+        verify_rest_response(response, f"{_API}/{endpoint}")
+        return json.loads(response.text or "{}")
+
+    # ------------------------------------------------------------------ calls
+
+    def ping(self) -> None:
+        """One cheap read (search one experiment); raises whatever the backend raised."""
+        if is_http_uri(self.uri):
+            self._post("experiments/search", SearchExperiments(max_results=1), method="GET")
+        else:
+            self.client.search_experiments(max_results=1)
+
+    def create_run(
+        self, experiment_id: str, run_name: str, start_time: int, tags: dict[str, str]
+    ) -> str:
+        """A new run's id (tags include `mlflow.parentRunId` for nested runs)."""
+        if is_http_uri(self.uri):
+            msg = CreateRun(
+                experiment_id=experiment_id,
+                run_name=run_name,
+                start_time=start_time,
+                tags=[RunTag(k, v).to_proto() for k, v in tags.items()],
+            )
+            return str(self._post("runs/create", msg)["run"]["info"]["run_id"])
+        run = self.client.create_run(
+            experiment_id, start_time=start_time, tags=tags, run_name=run_name
+        )
+        return run.info.run_id
+
+    def log_batch(
+        self,
+        run_id: str,
+        metrics: list[tuple[str, float, int, int]] = (),  # type: ignore[assignment]
+        params: dict[str, str] | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        """Send metrics `(key, value, timestamp_ms, step)`, params and tags, chunked to limits."""
+        m = [Metric(k, float(v), int(ts), int(step)) for k, v, ts, step in metrics]
+        p = [Param(k, v) for k, v in (params or {}).items()]
+        t = [RunTag(k, v) for k, v in (tags or {}).items()]
+        if not is_http_uri(self.uri):
+            self.client.log_batch(run_id, metrics=m, params=p, tags=t, synchronous=True)
+            return
+        # Params and tags first (small), then metrics in chunks the server accepts.
+        for i in range(0, max(len(p), len(t)), MAX_PARAMS_TAGS_PER_BATCH):
+            sl = slice(i, i + MAX_PARAMS_TAGS_PER_BATCH)
+            msg = LogBatch(
+                run_id=run_id,
+                params=[x.to_proto() for x in p[sl]],
+                tags=[x.to_proto() for x in t[sl]],
+            )
+            self._post("runs/log-batch", msg)
+        for i in range(0, len(m), MAX_METRICS_PER_BATCH):
+            chunk = m[i : i + MAX_METRICS_PER_BATCH]
+            msg = LogBatch(run_id=run_id, metrics=[x.to_proto() for x in chunk])
+            self._post("runs/log-batch", msg)
+
+    def end_run(self, run_id: str, status: str, end_time: int) -> None:
+        """Mark the run terminated with `status` (FINISHED, KILLED or FAILED)."""
+        if is_http_uri(self.uri):
+            self._post(
+                "runs/update",
+                UpdateRun(run_id=run_id, status=RunStatus.from_string(status), end_time=end_time),
+            )
+        else:
+            self.client.set_terminated(run_id, status=status, end_time=end_time)
+
+
+def check_reachable(uri: str, policy: FailurePolicy = CHECK_POLICY) -> None:
+    """Fail fast (seconds) with a one-line :class:`TrackingError` when `uri` cannot be used.
+
+    Call before a study starts so a wrong URI or a stopped server is reported at once instead
+    of after minutes of MLflow's default retries.
+    """
+    try:
+        Transport(uri, policy).ping()
+    except Exception as exc:
+        what = "MLflow tracking server" if is_http_uri(uri) else "MLflow tracking store"
+        raise TrackingError(f"{what} at {uri} is unreachable: {short_reason(exc)}") from exc
