@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from mfstudy.errors import ConfigError
 
@@ -204,6 +212,169 @@ class EvaluationConfig(_Config):
     """Upper bound on the memory of one batch of dense scores during ranking."""
 
 
+# --------------------------------------------------------------------------- search
+
+
+class IntParam(_Config):
+    """An integer hyperparameter drawn from [low, high]."""
+
+    type: Literal["int"] = "int"
+    low: int
+    """Smallest value."""
+    high: int
+    """Largest value (inclusive)."""
+    log: bool = False
+    """Sample on a log scale (factors, iterations spanning orders of magnitude)."""
+    step: int = Field(1, ge=1)
+    """Spacing of the values (ignored with `log`)."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntParam:
+        if self.low > self.high or (self.log and self.low < 1):
+            raise ValueError("need low <= high (and low >= 1 with log)")
+        return self
+
+
+class FloatParam(_Config):
+    """A real hyperparameter drawn from [low, high]."""
+
+    type: Literal["float"] = "float"
+    low: float
+    """Smallest value."""
+    high: float
+    """Largest value."""
+    log: bool = False
+    """Sample on a log scale (regularization, learning rates, alpha)."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FloatParam:
+        if self.low > self.high or (self.log and self.low <= 0):
+            raise ValueError("need low <= high (and low > 0 with log)")
+        return self
+
+
+class CategoricalParam(_Config):
+    """A hyperparameter taking one of listed values (the grid sampler needs these)."""
+
+    type: Literal["categorical"] = "categorical"
+    choices: list[bool | int | float | str] = Field(min_length=1)
+    """The values to choose from."""
+
+
+SearchedParam = Annotated[IntParam | FloatParam | CategoricalParam, Field(discriminator="type")]
+ParamSpec = SearchedParam | bool | int | float | str
+"""A searched parameter (a mapping with `type`) or a fixed value (a plain scalar)."""
+
+_SEARCHED = TypeAdapter(SearchedParam)
+# Validators below the field level mark the sub-key they complain about between two of these, so
+# format_validation_error can report `search_space.sgd.factors` as one dotted location.
+_SUBKEY = "\x1f"
+
+
+def _parse_param(where: str, value: Any) -> ParamSpec:
+    # Done by hand rather than by a pydantic union, whose errors list every union member.
+    if isinstance(value, IntParam | FloatParam | CategoricalParam):
+        return value
+    if isinstance(value, dict):
+        try:
+            return _SEARCHED.validate_python(value)
+        except ValidationError as err:
+            e = err.errors()[0]
+            loc = ".".join(str(p) for p in e["loc"][1:])
+            detail = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+            detail = detail.removeprefix("Value error, ")
+            raise ValueError(
+                f"{_SUBKEY}{where}{'.' + loc if loc else ''}{_SUBKEY} {detail}"
+            ) from None
+    if isinstance(value, bool | int | float | str):
+        return value
+    raise ValueError(f"{_SUBKEY}{where}{_SUBKEY} expected a scalar or a mapping with `type`")
+
+
+ModelFamily = Literal["wrmf", "sgd", "als", "baseline"]
+
+
+def _default_space() -> dict[str, dict[str, Any]]:
+    return {
+        "wrmf": {
+            "factors": IntParam(low=8, high=128, log=True),
+            "regularization": FloatParam(low=1e-4, high=100.0, log=True),
+            "alpha": FloatParam(low=0.1, high=100.0, log=True),
+            "iterations": 15,
+        }
+    }
+
+
+class SamplerConfig(_Config):
+    """How Optuna proposes the next trial."""
+
+    kind: Literal["tpe", "grid", "random"] = "tpe"
+    """`tpe` (default), `grid` (every combination of categorical choices, the blog's grid) or
+    `random`."""
+    multivariate: bool = True
+    """TPE models parameters jointly (they interact strongly in matrix factorization)."""
+    n_startup_trials: int = Field(8, ge=0)
+    """Random trials before TPE starts modelling."""
+    constant_liar: bool = True
+    """TPE avoids proposing what running trials already test (matters with parallel workers)."""
+
+
+class PrunerConfig(_Config):
+    """How unpromising trials are stopped early from their per-epoch reports."""
+
+    kind: Literal["median", "hyperband", "successive_halving", "none"] = "median"
+    """`median`, `hyperband`, `successive_halving` or `none`."""
+    n_startup_trials: int = Field(4, ge=0)
+    """`median`: trials finished before pruning starts."""
+    n_warmup_steps: int = Field(2, ge=0)
+    """`median`: epochs a trial runs before it can be pruned."""
+    min_resource: int = Field(2, ge=1)
+    """`hyperband`/`successive_halving`: epochs every trial gets."""
+    reduction_factor: int = Field(3, ge=2)
+    """`hyperband`/`successive_halving`: 1/reduction_factor of the trials advance per rung."""
+
+
+class StudySettings(_Config):
+    """The Optuna study: budget, parallelism, objective, sampler, pruner, storage."""
+
+    n_trials: int = Field(20, ge=1)
+    """Trials to finish (complete or pruned); a re-run resumes until this many are done."""
+    workers: int = Field(1, ge=1)
+    """Trial processes running at once, sharing the study storage."""
+    threads_per_worker: int | None = Field(None, ge=1)
+    """BLAS/OpenMP/numba threads per trial; default: cores // workers (never oversubscribe)."""
+    timeout: float | None = Field(None, gt=0)
+    """Stop starting new trials after this many seconds."""
+    metric: str | None = None
+    """Objective, a key logged every epoch (e.g. `test_precision_at_5`, `test_rmse`); default
+    test precision@k of `evaluation.k`."""
+    direction: Literal["maximize", "minimize"] | None = None
+    """Default: minimize for error metrics (`mse`, `rmse`), maximize otherwise."""
+    eval_every: int = Field(1, ge=1)
+    """Evaluate, log and report to the pruner every this many epochs (the blog: 2)."""
+    storage: str | None = None
+    """Optuna storage URL (`sqlite:///...`, `postgresql://...`) or a journal file path; default
+    the journal file `<workdir>/<name>/optuna.journal` (safe with parallel processes)."""
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    """Sampler settings."""
+    pruner: PrunerConfig = Field(default_factory=PrunerConfig)
+    """Pruner settings."""
+    register_as: str | None = None
+    """Registered model name for the retrained best model; default the study name."""
+    similar_items_k: int = Field(10, ge=1)
+    """Neighbours per item in the item-to-item similarity artifact."""
+
+
+class TrackingSettings(_Config):
+    """Where trials are tracked."""
+
+    uri: str | None = None
+    """MLflow tracking URI; default the SQLite file `<workdir>/mlflow.db`. `http://host:port`
+    for a tracking server."""
+    experiment: str | None = None
+    """MLflow experiment; default the study name."""
+
+
 class StudyConfig(_Config):
     """A whole study. `StudyConfig()` is the embedded default (`configs/quickstart.yaml`)."""
 
@@ -219,6 +390,40 @@ class StudyConfig(_Config):
     """How train and test are made."""
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     """Metrics on the held-out users."""
+    workdir: Path = Path("runs")
+    """Folder for prepared data (`<workdir>/<name>/data`), the Optuna journal and the default
+    MLflow store."""
+    search_space: dict[ModelFamily, dict[str, Any]] = Field(
+        default_factory=_default_space, min_length=1
+    )
+    """Per model family, its hyperparameters: a searched spec or a fixed value. With several
+    families, the family itself is a categorical choice (`model`)."""
+    study: StudySettings = Field(default_factory=StudySettings)
+    """The Optuna study."""
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings)
+    """MLflow tracking."""
+
+    @field_validator("search_space")
+    @classmethod
+    def _check_space(cls, space: dict[str, dict[str, Any]]) -> dict[str, dict[str, ParamSpec]]:
+        out: dict[str, dict[str, ParamSpec]] = {}
+        for family, params in space.items():
+            if not isinstance(params, dict):
+                raise ValueError(f"{_SUBKEY}{family}{_SUBKEY} expected a mapping of parameters")
+            out[family] = {n: _parse_param(f"{family}.{n}", v) for n, v in params.items()}
+        return out
+
+    @property
+    def metric(self) -> str:
+        """The objective's metric key."""
+        return self.study.metric or f"test_precision_at_{self.evaluation.k}"
+
+    @property
+    def direction(self) -> str:
+        """`maximize` or `minimize` for the objective."""
+        if self.study.direction:
+            return self.study.direction
+        return "minimize" if self.metric.endswith(("mse", "rmse")) else "maximize"
 
     @model_validator(mode="before")
     @classmethod
@@ -252,12 +457,18 @@ def format_validation_error(err: ValidationError, origin: str) -> str:
         # Discriminated unions put the tag in the location (`data.synthetic.n_users`); drop it so
         # the path matches what the user wrote in the file.
         loc = [str(p) for p in e["loc"]]
-        loc = [p for i, p in enumerate(loc) if not (i > 0 and p in _TAGS)]
+        loc = [p for i, p in enumerate(loc) if not (i > 0 and p in _TAGS) and p != "[key]"]
         where = ".".join(loc) or "<root>"
+        msg = e["msg"].removeprefix("Value error, ")
+        if msg.startswith(_SUBKEY):
+            sub, _, msg = msg[1:].partition(_SUBKEY)
+            where, msg = f"{where}.{sub}", msg.strip()
         if e["type"] == "extra_forbidden":
-            parts.append(f"{where}: unknown key")
-        else:
-            parts.append(f"{where}: {e['msg']}")
+            msg = "unknown key"
+        elif e["type"] == "literal_error" and e["loc"][-1] == "[key]":
+            what = "model family" if loc[0] == "search_space" else "name"
+            msg = f"unknown {what}; {msg[0].lower()}{msg[1:]}"
+        parts.append(f"{where}: {msg}")
     return f"{origin}: " + "; ".join(parts)
 
 

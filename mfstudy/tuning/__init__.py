@@ -1,0 +1,59 @@
+"""Optuna studies over the model families: the only package that imports optuna.
+
+Search spaces come from the config (`search_space`), storage is a journal file by default (safe
+for parallel processes) or any RDB URL, and trials run in worker processes that each own one
+trial at a time.
+"""
+
+from mfstudy.tuning._factories import make_pruner, make_sampler, make_storage, storage_spec
+from mfstudy.tuning._figures import optuna_figures
+from mfstudy.tuning._space import check_space, constructor_params, grid_size, grid_space, suggest
+from mfstudy.tuning._study import (
+    BestTrial,
+    best_trial,
+    counts,
+    create_study,
+    fail_stale_trials,
+    quiet,
+    run_workers,
+    threads_per_worker,
+    trials_table,
+)
+from mfstudy.tuning._worker import (
+    TrialContext,
+    TrialLog,
+    TrialOutcome,
+    build_model,
+    limit_threads,
+    run_trial,
+    worker_loop,
+)
+
+__all__ = [
+    "BestTrial",
+    "TrialContext",
+    "TrialLog",
+    "TrialOutcome",
+    "best_trial",
+    "build_model",
+    "check_space",
+    "constructor_params",
+    "counts",
+    "create_study",
+    "fail_stale_trials",
+    "grid_size",
+    "grid_space",
+    "limit_threads",
+    "make_pruner",
+    "make_sampler",
+    "make_storage",
+    "optuna_figures",
+    "quiet",
+    "run_trial",
+    "run_workers",
+    "storage_spec",
+    "suggest",
+    "threads_per_worker",
+    "trials_table",
+    "worker_loop",
+]

@@ -1,0 +1,192 @@
+"""Creating or resuming a study, running its workers in parallel, and reading results back."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import warnings
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from dataclasses import dataclass, replace
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from mfstudy.config import StudyConfig
+from mfstudy.errors import ConfigError, StudyError
+from mfstudy.tuning._factories import make_pruner, make_sampler, make_storage, storage_spec
+from mfstudy.tuning._space import MODEL_PARAM, grid_size
+from mfstudy.tuning._worker import (
+    BEST_EPOCH_ATTR,
+    FINISHED,
+    WORKER_ATTR,
+    TrialContext,
+    TrialOutcome,
+    token_alive,
+    worker_loop,
+)
+
+__all__ = [
+    "BestTrial",
+    "best_trial",
+    "counts",
+    "create_study",
+    "fail_stale_trials",
+    "run_workers",
+    "threads_per_worker",
+    "trials_table",
+]
+
+
+def create_study(cfg: StudyConfig) -> tuple[optuna.Study, str]:
+    """Create the study or load it to resume; returns it with its storage spec."""
+    spec = storage_spec(cfg)
+    if cfg.study.sampler.kind == "grid":
+        size = grid_size(cfg.search_space)
+        if cfg.study.n_trials > size:
+            raise ConfigError(
+                f"study.n_trials: {cfg.study.n_trials} exceeds the grid's {size} points"
+            )
+    study = optuna.create_study(
+        study_name=cfg.name,
+        storage=make_storage(spec),
+        sampler=make_sampler(cfg.study.sampler, cfg, worker=0),
+        pruner=make_pruner(cfg.study.pruner),
+        direction=cfg.direction,
+        load_if_exists=True,
+    )
+    if study.direction.name.lower() != cfg.direction:
+        raise ConfigError(
+            f"study {cfg.name!r} exists in {spec} with direction "
+            f"{study.direction.name.lower()}, the config asks {cfg.direction}"
+        )
+    return study, spec
+
+
+def fail_stale_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Mark FAIL the RUNNING trials whose worker process is gone (a crash, `kill -9`).
+
+    Returns them, so their tracking runs can be closed too. Trials of live workers (another
+    process working on the same study) are left alone; RDB storages also fail trials whose
+    heartbeat stopped.
+    """
+    stale = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        token = t.user_attrs.get(WORKER_ATTR)
+        if token is None or not token_alive(token):
+            study.tell(t.number, state=TrialState.FAIL)
+            stale.append(t)
+    if isinstance(study._storage, optuna.storages.RDBStorage) or hasattr(
+        study._storage, "get_heartbeat_interval"
+    ):
+        with warnings.catch_warnings():
+            # Marked experimental since Optuna 2.9 and unchanged since; nothing to act on.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+    return stale
+
+
+def quiet() -> None:
+    """Optuna logs warnings and errors only (its per-trial INFO lines fight progress bars)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def threads_per_worker(cfg: StudyConfig, workers: int) -> int:
+    if cfg.study.threads_per_worker:
+        return cfg.study.threads_per_worker
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def run_workers(
+    ctx: TrialContext,
+    workers: int,
+    on_poll: Callable[[optuna.Study], None] | None = None,
+    poll_seconds: float = 1.0,
+) -> list[TrialOutcome]:
+    """Run `workers` worker loops (separate processes when more than one) until the study has
+    `ctx.n_trials` finished trials; `on_poll(study)` is called about every `poll_seconds`."""
+    if workers == 1:
+        # In-process: no start-up cost, and a debugger sees the trial.
+        outcomes = worker_loop(ctx)
+        if on_poll is not None:
+            on_poll(_poll_study(ctx))
+        return outcomes
+    # spawn, not fork: forking a process that already runs BLAS/OpenMP/numba threads can
+    # deadlock the child.
+    mp = multiprocessing.get_context("spawn")
+    study = _poll_study(ctx)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp) as pool:
+        futures = [pool.submit(worker_loop, replace(ctx, worker=i)) for i in range(workers)]
+        while True:
+            done, pending = wait(futures, timeout=poll_seconds, return_when=FIRST_EXCEPTION)
+            if on_poll is not None:
+                on_poll(study)
+            if not pending or any(f.exception() for f in done):
+                break
+        return [o for f in futures for o in f.result()]
+
+
+def _poll_study(ctx: TrialContext) -> optuna.Study:
+    return optuna.load_study(study_name=ctx.study_name, storage=make_storage(ctx.storage))
+
+
+@dataclass(frozen=True)
+class BestTrial:
+    number: int
+    family: str
+    params: dict[str, Any]
+    value: float
+    best_epoch: int
+
+
+def best_trial(study: optuna.Study, cfg: StudyConfig) -> BestTrial:
+    """The best COMPLETE trial with the constructor parameters to retrain it."""
+    from mfstudy.tuning._space import param_name
+
+    try:
+        t = study.best_trial
+    except ValueError:
+        raise StudyError(
+            f"study {study.study_name!r} has no complete trial to retrain "
+            "(all failed or were pruned)"
+        ) from None
+    families = list(cfg.search_space)
+    family = t.params.get(MODEL_PARAM, families[0])
+    params: dict[str, Any] = {}
+    for name, spec in cfg.search_space[family].items():
+        key = param_name(family, name, cfg.search_space)
+        params[name] = t.params[key] if key in t.params else spec
+    return BestTrial(t.number, family, params, float(t.value), int(t.user_attrs[BEST_EPOCH_ATTR]))
+
+
+def trials_table(study: optuna.Study) -> list[dict[str, Any]]:
+    """One row per trial: number, state, value, best epoch, duration and parameters."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        dur = (
+            (t.datetime_complete - t.datetime_start).total_seconds()
+            if t.datetime_complete and t.datetime_start
+            else None
+        )
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name.lower(),
+                "value": t.value,
+                "best_epoch": t.user_attrs.get(BEST_EPOCH_ATTR),
+                "epochs_reported": len(t.intermediate_values),
+                "duration_s": dur,
+                "error": t.user_attrs.get("error"),
+                **{f"param.{k}": v for k, v in t.params.items()},
+            }
+        )
+    return rows
+
+
+def counts(study: optuna.Study) -> dict[str, int]:
+    out = {s.name.lower(): 0 for s in TrialState}
+    for t in study.get_trials(deepcopy=False):
+        out[t.state.name.lower()] += 1
+    out["finished"] = sum(out[s.name.lower()] for s in FINISHED)
+    return out

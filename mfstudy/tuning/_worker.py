@@ -1,0 +1,310 @@
+"""One trial, and the loop a worker process runs: reserve a trial, train, report, tell.
+
+Everything a worker needs travels in a picklable :class:`TrialContext`, so the same code runs
+in a local process pool, a Prefect task or a Dask worker.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import math
+import os
+import socket
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import optuna
+from optuna.trial import TrialState
+
+from mfstudy.config import StudyConfig
+from mfstudy.evaluation import evaluate_model
+from mfstudy.models import DivergedError, Recommender, model_class
+from mfstudy.prepare import Prepared, read_prepared
+from mfstudy.tuning._factories import is_url, make_pruner, make_sampler, make_storage
+from mfstudy.tuning._space import suggest
+
+__all__ = [
+    "TrialContext",
+    "TrialLog",
+    "TrialOutcome",
+    "build_model",
+    "finished_count",
+    "load_study",
+    "run_trial",
+    "worker_loop",
+]
+
+log = logging.getLogger("mfstudy.tuning")
+
+WORKER_ATTR = "mfstudy.worker"
+BEST_EPOCH_ATTR = "best_epoch"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class TrialLog(Protocol):
+    """What a trial reports to (tracking implements it; None means no tracking)."""
+
+    run_id: str | None
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None: ...
+
+    def end(
+        self,
+        state: str,
+        best_epoch: int | None,
+        best_value: float | None,
+        error: str | None = None,
+    ) -> None: ...
+
+
+#: Opens a TrialLog for (trial number, params); must be picklable (a module-level callable or
+#: a dataclass instance with __call__).
+TrialLogFactory = Callable[[int, dict[str, Any]], TrialLog]
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What a worker needs: the study's storage and name, the prepared data and the config."""
+
+    config: StudyConfig
+    storage: str
+    study_name: str
+    prepared_dir: Path
+    n_trials: int
+    threads: int = 1
+    tracker: TrialLogFactory | None = None
+    worker: int = 0
+    deadline: float | None = None  # time.time() after which no new trial starts
+
+
+@dataclass
+class TrialOutcome:
+    number: int
+    state: str
+    value: float | None
+    best_epoch: int | None
+    params: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+# ----------------------------------------------------------------------------- study access
+
+
+def load_study(ctx: TrialContext) -> optuna.Study:
+    cfg = ctx.config
+    return optuna.load_study(
+        study_name=ctx.study_name,
+        storage=make_storage(ctx.storage),
+        sampler=make_sampler(cfg.study.sampler, cfg, ctx.worker),
+        pruner=make_pruner(cfg.study.pruner),
+    )
+
+
+def finished_count(study: optuna.Study, running: bool = False) -> int:
+    states = (*FINISHED, TrialState.RUNNING) if running else FINISHED
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+@contextmanager
+def _reservation_lock(ctx: TrialContext) -> Iterator[None]:
+    # Counting the trials and asking for a new one must be one step, or two workers seeing
+    # n_trials - 1 finished trials would both start one. A journal lives on a file system all
+    # its workers share, so an flock beside it serialises them; for an RDB URL, workers on one
+    # machine share a lock in the working folder (across machines a trial may overshoot by at
+    # most the number of machines minus one).
+    if is_url(ctx.storage):
+        lock_path = ctx.config.workdir.resolve() / ctx.config.name / "reserve.lock"
+    else:
+        lock_path = Path(ctx.storage + ".reserve.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def worker_token() -> str:
+    """`host:pid:start` identifying this process, to tell crashed trials from running ones."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_process_start(os.getpid())}"
+
+
+def _process_start(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except OSError:
+        return "?"
+
+
+def token_alive(token: str) -> bool:
+    """Whether the process a token names still runs (unknown hosts count as alive)."""
+    host, _, rest = token.partition(":")
+    pid_s, _, start = rest.partition(":")
+    if host != socket.gethostname() or not pid_s.isdigit():
+        return True
+    pid = int(pid_s)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return start == "?" or _process_start(pid) == start
+
+
+def reserve_trial(study: optuna.Study, ctx: TrialContext) -> optuna.Trial | None:
+    """A new RUNNING trial, or None when finished + running trials reach the budget."""
+    import time
+
+    if ctx.deadline is not None and time.time() >= ctx.deadline:
+        return None
+    with _reservation_lock(ctx):
+        if finished_count(study, running=True) >= ctx.n_trials:
+            return None
+        trial = study.ask()
+        trial.set_user_attr(WORKER_ATTR, worker_token())
+        return trial
+
+
+# ----------------------------------------------------------------------------- one trial
+
+
+def build_model(cfg: StudyConfig, family: str, params: dict[str, Any], threads: int) -> Recommender:
+    """The model for `params`, seeded by the study seed (every trial starts from the same
+    initialisation, so trials differ only by their hyperparameters)."""
+    from mfstudy.tuning._space import constructor_params
+
+    cls = model_class(family)
+    accepted = constructor_params(cls)
+    kwargs = dict(params)
+    if "seed" in accepted:
+        kwargs.setdefault("seed", cfg.seed)
+    if "num_threads" in accepted:
+        kwargs.setdefault("num_threads", threads)
+    return cls(**kwargs)
+
+
+class _Best:
+    def __init__(self, maximize: bool) -> None:
+        self.sign = 1.0 if maximize else -1.0
+        self.value: float | None = None
+        self.epoch: int | None = None
+
+    def update(self, epoch: int, value: float) -> None:
+        if math.isnan(value):
+            return
+        if self.value is None or self.sign * value > self.sign * self.value:
+            self.value, self.epoch = value, epoch
+
+
+def run_trial(
+    trial: optuna.Trial, study: optuna.Study, prepared: Prepared, ctx: TrialContext
+) -> TrialOutcome:
+    """Train one trial's model, evaluating every `eval_every` epochs; tell the study the result.
+
+    The objective value is the best epoch's metric, and `best_epoch` is stored because the
+    final model is retrained for exactly that many epochs. Pruned trials end PRUNED, diverging
+    or crashing ones FAIL (with the error as a user attribute); the study goes on either way.
+    """
+    cfg = ctx.config
+    family, params = suggest(trial, cfg.search_space)
+    shown = {"model": family, **params}
+    tlog = ctx.tracker(trial.number, shown) if ctx.tracker is not None else None
+    if tlog is not None and tlog.run_id is not None:
+        trial.set_user_attr("mlflow_run_id", tlog.run_id)
+    best = _Best(cfg.direction == "maximize")
+    every = cfg.study.eval_every
+    model = build_model(cfg, family, params, ctx.threads)
+    total = int(params.get("iterations", 0)) or None
+
+    def on_epoch(epoch: int, m: Recommender) -> None:
+        if epoch % every and epoch != total:
+            return
+        metrics = evaluate_model(m, prepared.train, prepared.test, prepared.users, cfg.evaluation)
+        if tlog is not None:
+            tlog.log_epoch(epoch, metrics)
+        value = metrics[cfg.metric]
+        if not math.isfinite(value):
+            raise DivergedError(f"{cfg.metric} is {value} at epoch {epoch}")
+        best.update(epoch, value)
+        trial.report(value, epoch)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+    if cfg.metric not in _metric_keys(cfg, family):
+        raise ValueError(f"study.metric {cfg.metric!r} is not logged for {family} models")
+    state, error = "complete", None
+    try:
+        model.fit(prepared.train, callback=on_epoch)
+        if best.value is None:
+            raise DivergedError("no finite evaluation")
+    except optuna.TrialPruned:
+        state = "pruned"
+    except Exception as exc:  # a failed trial must not stop the study
+        state, error = "failed", f"{type(exc).__name__}: {exc}"
+        log.warning("trial %d failed: %s", trial.number, error)
+        log.debug("%s", traceback.format_exc())
+
+    if best.epoch is not None:
+        trial.set_user_attr(BEST_EPOCH_ATTR, best.epoch)
+    if error is not None:
+        trial.set_user_attr("error", error[:1000])
+    if tlog is not None:
+        tlog.end(state, best.epoch, best.value, error)
+    if state == "complete":
+        study.tell(trial, best.value)
+    elif state == "pruned":
+        study.tell(trial, state=TrialState.PRUNED)
+    else:
+        study.tell(trial, state=TrialState.FAIL)
+    return TrialOutcome(trial.number, state, best.value, best.epoch, shown, error)
+
+
+def _metric_keys(cfg: StudyConfig, family: str) -> set[str]:
+    from mfstudy.evaluation import EXPLICIT_FAMILIES
+    from mfstudy.metrics import evaluation_keys
+
+    keys = set(evaluation_keys(cfg.evaluation.k))
+    if family in EXPLICIT_FAMILIES:
+        keys |= {"train_rmse", "test_rmse"}
+    return keys
+
+
+# ----------------------------------------------------------------------------- worker loop
+
+
+def limit_threads(threads: int) -> Any:
+    """Cap BLAS, OpenMP and numba threads for this process; returns the threadpoolctl handle
+    (keep it alive). Parallel trials on 2 cores with 2 threads each would oversubscribe."""
+    from threadpoolctl import threadpool_limits
+
+    handle = threadpool_limits(limits=threads)
+    try:
+        import numba
+
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    except ImportError:  # pragma: no cover - numba is a dependency
+        pass
+    return handle
+
+
+def worker_loop(ctx: TrialContext) -> list[TrialOutcome]:
+    """Run trials until the study has `n_trials` finished (or the deadline passes)."""
+    handle = limit_threads(ctx.threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    prepared = read_prepared(ctx.prepared_dir)
+    study = load_study(ctx)
+    outcomes = []
+    try:
+        while (trial := reserve_trial(study, ctx)) is not None:
+            outcomes.append(run_trial(trial, study, prepared, ctx))
+    finally:
+        del handle
+    return outcomes
