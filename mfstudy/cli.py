@@ -7,9 +7,11 @@ is a bug and keeps its traceback.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -93,6 +95,119 @@ def prepare(
     typer.echo(str(dest))
 
 
+@app.command()
+@_user_errors
+def study(
+    config: ConfigArg = None,
+    n_trials: Annotated[
+        int | None, typer.Option("--n-trials", min=1, help="Trials to finish (study.n_trials).")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="Parallel trial processes.")
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", min=1, help="Seconds before no new trial starts.")
+    ] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Prepare the data, run the Optuna study in parallel, retrain the best and register it."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from mfstudy.config import load_config
+    from mfstudy.study import run_study
+    from mfstudy.tuning import quiet
+
+    quiet()
+
+    overrides = list(set_ or [])
+    for key, value in (("n_trials", n_trials), ("workers", workers), ("timeout", timeout)):
+        if value is not None:
+            overrides.append(f"study.{key}={value}")
+    cfg = load_config(config, overrides)
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+    )
+    # The bar starts with the first trial, after every check passed: an error is then the
+    # only line printed.
+    with ExitStack() as stack:
+        bars: list[tuple[Progress, Any]] = []
+
+        def on_progress(p: dict[str, Any]) -> None:
+            if not bars:
+                bar = stack.enter_context(Progress(*columns, console=console))
+                bars.append((bar, bar.add_task(f"{cfg.name} trials", total=p["total"], info="")))
+            bar, task = bars[0]
+            best = "-" if p["best"] is None else f"{p['best']:.4f}"
+            info = f"best {cfg.metric} {best} | pruned {p['pruned']} | failed {p['fail']}"
+            bar.update(task, completed=p["finished"], info=info)
+
+        result = run_study(cfg, on_progress=on_progress)
+    _print_result(cfg, result)
+
+
+def _print_result(cfg: Any, result: Any) -> None:
+    b = result.best
+    table = Table(title=f"best trial #{b.number} ({b.family})", title_justify="left")
+    table.add_column("parameter")
+    table.add_column("value", justify="right")
+    for k, v in b.params.items():
+        table.add_row(k, f"{v:.6g}" if isinstance(v, float) else str(v))
+    table.add_row("best epoch", str(b.best_epoch))
+    console.print(table)
+    c = result.counts
+    console.print(
+        f"{cfg.metric} = [bold]{b.value:.5f}[/] | trials: {c['complete']} complete, "
+        f"{c['pruned']} pruned, {c['fail']} failed | {result.seconds:.0f}s"
+    )
+    verdict = "now [bold]champion[/]" if result.promoted else "champion unchanged"
+    console.print(f"registered {result.model_name} v{result.model_version}: {verdict}")
+    uri = result.tracking_uri
+    ui = uri if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}"
+    console.print(
+        f"MLflow: {ui} (experiment {cfg.tracking.experiment or cfg.name})", soft_wrap=True
+    )
+    typer.echo(f"models:/{result.model_name}/{result.model_version}")
+
+
+@app.command()
+@_user_errors
+def recommend(
+    model: Annotated[
+        str, typer.Option("--model", help="Model URI, e.g. models:/lastfm-2k@champion.")
+    ],
+    user: Annotated[str | None, typer.Option("--user", help="Raw user id.")] = None,
+    similar_to: Annotated[
+        str | None, typer.Option("--similar-to", help="Raw item id: its most similar items.")
+    ] = None,
+    k: Annotated[int, typer.Option("-k", "--k", min=1, help="How many items.")] = 10,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--tracking-uri",
+            envvar="MLFLOW_TRACKING_URI",
+            help="MLflow tracking URI (default: the SQLite store under ./runs).",
+        ),
+    ] = None,
+) -> None:
+    """Top-k items for a user, or the items most similar to an item, from a registered model."""
+    from mfstudy import tracking
+    from mfstudy.errors import ConfigError
+
+    if (user is None) == (similar_to is None):
+        raise ConfigError("recommend: give exactly one of --user or --similar-to")
+    uri = tracking.tracking_uri_for(tracking_uri, Path("runs").resolve())
+    loaded = tracking.load_recommender(model, uri)
+    if user is not None:
+        frame = loaded.recommend(user, k=k)
+    else:
+        frame = loaded.similar_to(similar_to, k=k)
+    typer.echo(frame.to_string(index=False))
+
+
 def _print_stats(stats: dict[str, Any], seconds: float) -> None:
     table = Table(title=f"{stats['name']}: {stats['source']}", title_justify="left")
     table.add_column("")
@@ -119,4 +234,8 @@ def _print_stats(stats: dict[str, Any], seconds: float) -> None:
 
 
 def main() -> None:
+    # Set here, not at import: MLflow's per-file download bars and INFO lines (database
+    # migrations) would drown the study's own progress bar.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     app()

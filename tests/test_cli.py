@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from helpers import REPO
@@ -71,3 +72,55 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], needl
     assert needle in lines[0]
     assert not (tmp_path / "out").exists()
     assert list(tmp_path.iterdir()) == []
+
+
+TINY = ["--set", "data.n_users=300", "--set", "data.n_items=150", "--set",
+        "data.n_interactions=8000"]  # fmt: skip
+
+
+def test_study_then_recommend_from_the_registered_champion(tmp_path: Path) -> None:
+    res = run("study", "--n-trials", "3", *TINY, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "models:/quickstart/1"
+    assert "now champion" in res.stderr and "mlflow ui --backend-store-uri sqlite:///" in res.stderr
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
+    items = set(
+        pd.read_csv(tmp_path / "runs" / "quickstart" / "data" / "items.csv")["item_id"].astype(str)
+    )
+    rec = run("recommend", "--model", "models:/quickstart@champion", "--user", "3", "-k", "4",
+              cwd=tmp_path)  # fmt: skip
+    assert rec.returncode == 0, rec.stderr
+    rows = [line.split() for line in rec.stdout.strip().splitlines()[1:]]
+    assert [r[0] for r in rows] == ["1", "2", "3", "4"]
+    assert {r[1] for r in rows} <= items
+    sim = run("recommend", "--model", "models:/quickstart@champion", "--similar-to", rows[0][1],
+              cwd=tmp_path)  # fmt: skip
+    assert sim.returncode == 0 and rows[0][1] not in [
+        r.split()[1] for r in sim.stdout.strip().splitlines()[1:]
+    ]
+    bad = run("recommend", "--model", "models:/quickstart@champion", "--user", "nobody",
+              cwd=tmp_path)  # fmt: skip
+    assert bad.returncode == 2 and "user 'nobody' is not known" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--set", "tracking.uri=http://127.0.0.1:9"], "unreachable"),
+        (["--set", "search_space={nope: {}}"], "search_space.nope: unknown model family"),
+        (["--set", "search_space={wrmf: {factors: 8}}"], "empty search space"),
+        (
+            ["--set", "search_space={wrmf: {factorz: {type: int, low: 2, high: 4}}}"],
+            "search_space.wrmf.factorz: not a parameter",
+        ),
+        (["--set", "study.sampler.kind=grid"], "grid sampler needs `type: categorical`"),
+    ],
+)
+def test_study_bad_input_fails_before_training(
+    tmp_path: Path, args: list[str], needle: str
+) -> None:
+    res = run("study", *args, cwd=tmp_path)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], res.stderr
+    assert not (tmp_path / "runs" / "quickstart" / "optuna.journal").exists()

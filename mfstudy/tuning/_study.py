@@ -16,13 +16,14 @@ from optuna.trial import FrozenTrial, TrialState
 from mfstudy.config import StudyConfig
 from mfstudy.errors import ConfigError, StudyError
 from mfstudy.tuning._factories import make_pruner, make_sampler, make_storage, storage_spec
-from mfstudy.tuning._space import MODEL_PARAM, grid_size
+from mfstudy.tuning._space import MODEL_PARAM, grid_size, grid_space
 from mfstudy.tuning._worker import (
     BEST_EPOCH_ATTR,
-    FINISHED,
+    CRASHED_ATTR,
     WORKER_ATTR,
     TrialContext,
     TrialOutcome,
+    finished_count,
     token_alive,
     worker_loop,
 )
@@ -43,6 +44,7 @@ def create_study(cfg: StudyConfig) -> tuple[optuna.Study, str]:
     """Create the study or load it to resume; returns it with its storage spec."""
     spec = storage_spec(cfg)
     if cfg.study.sampler.kind == "grid":
+        grid_space(cfg.search_space)  # every parameter must list its choices
         size = grid_size(cfg.search_space)
         if cfg.study.n_trials > size:
             raise ConfigError(
@@ -75,6 +77,8 @@ def fail_stale_trials(study: optuna.Study) -> list[FrozenTrial]:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         token = t.user_attrs.get(WORKER_ATTR)
         if token is None or not token_alive(token):
+            # Marked before the FAIL (a finished trial is read-only) so the budget re-runs it.
+            study._storage.set_trial_user_attr(t._trial_id, CRASHED_ATTR, True)
             study.tell(t.number, state=TrialState.FAIL)
             stale.append(t)
     if isinstance(study._storage, optuna.storages.RDBStorage) or hasattr(
@@ -106,12 +110,11 @@ def run_workers(
 ) -> list[TrialOutcome]:
     """Run `workers` worker loops (separate processes when more than one) until the study has
     `ctx.n_trials` finished trials; `on_poll(study)` is called about every `poll_seconds`."""
+    if on_poll is not None:
+        on_poll(_poll_study(ctx))
     if workers == 1:
         # In-process: no start-up cost, and a debugger sees the trial.
-        outcomes = worker_loop(ctx)
-        if on_poll is not None:
-            on_poll(_poll_study(ctx))
-        return outcomes
+        return worker_loop(ctx, after_trial=on_poll)
     # spawn, not fork: forking a process that already runs BLAS/OpenMP/numba threads can
     # deadlock the child.
     mp = multiprocessing.get_context("spawn")
@@ -188,5 +191,5 @@ def counts(study: optuna.Study) -> dict[str, int]:
     out = {s.name.lower(): 0 for s in TrialState}
     for t in study.get_trials(deepcopy=False):
         out[t.state.name.lower()] += 1
-    out["finished"] = sum(out[s.name.lower()] for s in FINISHED)
+    out["finished"] = finished_count(study)
     return out

@@ -42,6 +42,7 @@ __all__ = [
 log = logging.getLogger("mfstudy.tuning")
 
 WORKER_ATTR = "mfstudy.worker"
+CRASHED_ATTR = "mfstudy.crashed"
 BEST_EPOCH_ATTR = "best_epoch"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -106,8 +107,17 @@ def load_study(ctx: TrialContext) -> optuna.Study:
 
 
 def finished_count(study: optuna.Study, running: bool = False) -> int:
-    states = (*FINISHED, TrialState.RUNNING) if running else FINISHED
-    return len(study.get_trials(deepcopy=False, states=states))
+    """Trials that count against the budget: complete, pruned, failed by their own training
+    (a diverging model is an answer about its hyperparameters), and with `running` also the
+    ones in progress. Trials failed because their worker crashed do not count: they are
+    re-run, so a resumed study still ends with its requested number of results."""
+    n = 0
+    for t in study.get_trials(deepcopy=False):
+        if t.state in FINISHED or (running and t.state == TrialState.RUNNING):
+            n += 1
+        elif t.state == TrialState.FAIL and CRASHED_ATTR not in t.user_attrs:
+            n += 1
+    return n
 
 
 @contextmanager
@@ -295,8 +305,11 @@ def limit_threads(threads: int) -> Any:
     return handle
 
 
-def worker_loop(ctx: TrialContext) -> list[TrialOutcome]:
-    """Run trials until the study has `n_trials` finished (or the deadline passes)."""
+def worker_loop(
+    ctx: TrialContext, after_trial: Callable[[optuna.Study], None] | None = None
+) -> list[TrialOutcome]:
+    """Run trials until the study has `n_trials` finished (or the deadline passes);
+    `after_trial(study)` is called after each one."""
     handle = limit_threads(ctx.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     prepared = read_prepared(ctx.prepared_dir)
@@ -305,6 +318,8 @@ def worker_loop(ctx: TrialContext) -> list[TrialOutcome]:
     try:
         while (trial := reserve_trial(study, ctx)) is not None:
             outcomes.append(run_trial(trial, study, prepared, ctx))
+            if after_trial is not None:
+                after_trial(study)
     finally:
         del handle
     return outcomes

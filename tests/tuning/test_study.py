@@ -68,7 +68,7 @@ def test_parallel_workers_finish_exactly_the_budget_and_resume(tmp_path: Path) -
 
 
 def test_crashed_trials_are_failed_on_resume(tmp_path: Path) -> None:
-    cfg, _ = _setup(tmp_path, ["study.n_trials=2"])
+    cfg, ctx = _setup(tmp_path, ["study.n_trials=2"])
     study, _ = create_study(cfg)
     orphan = study.ask()
     orphan.set_user_attr("mfstudy.worker", "not-this-host-nor-any:1:1")
@@ -79,6 +79,11 @@ def test_crashed_trials_are_failed_on_resume(tmp_path: Path) -> None:
     states = {t.number: t.state for t in study.get_trials()}
     assert states[dead.number] == TrialState.FAIL
     assert states[orphan.number] == TrialState.RUNNING  # another host: maybe still alive
+    # The crashed trial does not use up the budget: two results still get made, besides the
+    # orphan that may still be running elsewhere.
+    study.tell(orphan.number, state=TrialState.FAIL)  # that host is gone after all
+    outcomes = run_workers(ctx, workers=1)
+    assert len(outcomes) == 1  # the orphan's own failure counts; the crashed one does not
 
 
 def test_grid_budget_larger_than_grid_is_an_error(tmp_path: Path) -> None:

@@ -1,0 +1,148 @@
+"""A whole study against a real MLflow tracking server and a real Optuna journal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from mfstudy.config import StudyConfig, load_config
+from mfstudy.errors import StudyError
+from mfstudy.study import run_study
+from mfstudy.tracking import load_recommender
+
+SMALL = [
+    "data.n_users=400",
+    "data.n_items=200",
+    "data.n_interactions=12000",
+]
+
+
+def _cfg(tmp_path: Path, uri: str, name: str, extra: list[str]) -> StudyConfig:
+    return load_config(
+        None, [*SMALL, f"name={name}", f"workdir={tmp_path}", f"tracking.uri={uri}", *extra]
+    )
+
+
+def _runs(client: MlflowClient, experiment: str) -> tuple[object, list[object]]:
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    trials = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1
+    return parents[0], trials
+
+
+def test_parallel_study_tracks_every_trial_and_registers_a_champion(
+    tmp_path: Path, tracking_uri: str
+) -> None:
+    cfg = _cfg(
+        tmp_path,
+        tracking_uri,
+        "it-wrmf",
+        [
+            "study.n_trials=6",
+            "study.workers=2",
+            "study.pruner.n_startup_trials=1",
+            "study.pruner.n_warmup_steps=0",
+            "study.sampler.n_startup_trials=2",
+            "search_space={wrmf: {factors: {type: int, low: 2, high: 32, log: true},"
+            " regularization: {type: float, low: 0.001, high: 1000, log: true}, iterations: 8}}",
+        ],
+    )
+    result = run_study(cfg)
+    client = MlflowClient(tracking_uri)
+    parent, trials = _runs(client, "it-wrmf")
+    study = optuna.load_study(
+        study_name="it-wrmf",
+        storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(tmp_path / "it-wrmf" / "optuna.journal"))
+        ),
+    )
+    finished = [t for t in study.get_trials() if t.state.is_finished()]
+    assert len(finished) == 6 == len(trials)
+    assert result.counts["complete"] + result.counts["pruned"] == 6
+
+    by_number = {int(r.data.tags["mfstudy.trial_number"]): r for r in trials}
+    for t in finished:
+        run = by_number[t.number]
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        expected = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}[t.state.name]
+        assert run.info.status == expected
+        history = client.get_metric_history(run.info.run_id, "test_precision_at_5")
+        assert [m.step for m in history] == sorted(t.intermediate_values)
+        assert [m.value for m in history] == pytest.approx(
+            [t.intermediate_values[s] for s in sorted(t.intermediate_values)]
+        )
+        for key in ("train_precision_at_5", "test_ndcg_at_5", "test_recall_at_5", "test_mse"):
+            assert key in run.data.metrics
+    assert any(t.state.name == "PRUNED" for t in finished), "median pruner never pruned"
+
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"trials.csv", "similar_items.csv", "stats.json"} <= artifacts
+    figures = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
+    assert any("learning_curve" in f for f in figures)
+    assert any("optimization_history" in f for f in figures)
+
+    mv = client.get_model_version_by_alias("it-wrmf", "champion")
+    assert mv.version == result.model_version and result.promoted
+    assert float(mv.tags["mfstudy.score"]) == pytest.approx(result.best.value)
+    rec = load_recommender("models:/it-wrmf@champion", tracking_uri)
+    top = rec.recommend(str(rec.user_ids[0]), k=5)
+    assert len(top) == 5 and set(top["item_id"]) <= set(rec.item_ids)
+    assert np.all(np.diff(top["score"].to_numpy()) <= 0)
+
+    # Re-running resumes the study: nothing new to train, same parent run, and a second
+    # version scored on the same holdout is compared (a tie does not move the alias).
+    again = run_study(cfg)
+    parent2, trials2 = _runs(client, "it-wrmf")
+    assert parent2.info.run_id == parent.info.run_id and len(trials2) == 6
+    assert again.best.number == result.best.number
+    assert client.get_model_version_by_alias("it-wrmf", "champion").version == mv.version
+
+
+def test_diverging_trials_fail_and_the_study_goes_on(tmp_path: Path, tracking_uri: str) -> None:
+    cfg = _cfg(
+        tmp_path,
+        tracking_uri,
+        "it-diverge",
+        [
+            "study.n_trials=2",
+            "study.sampler.kind=grid",
+            "study.pruner.kind=none",
+            "search_space={sgd: {learning_rate: {type: categorical, choices: [0.02, 1.0e+6]},"
+            " factors: 4, iterations: 3}}",
+        ],
+    )
+    result = run_study(cfg)
+    assert result.counts["fail"] == 1 and result.counts["complete"] == 1
+    assert result.best.params["learning_rate"] == 0.02
+    client = MlflowClient(tracking_uri)
+    _, trials = _runs(client, "it-diverge")
+    statuses = sorted(r.info.status for r in trials)
+    assert statuses == ["FAILED", "FINISHED"]
+    failed = next(r for r in trials if r.info.status == "FAILED")
+    assert "Diverged" in failed.data.tags.get("mfstudy.error", "")
+
+
+def test_nothing_is_registered_when_every_trial_fails(tmp_path: Path, tracking_uri: str) -> None:
+    cfg = _cfg(
+        tmp_path,
+        tracking_uri,
+        "it-allfail",
+        [
+            "study.n_trials=1",
+            "study.pruner.kind=none",
+            "search_space={sgd: {learning_rate: {type: float, low: 1.0e+6, high: 1.0e+7},"
+            " factors: 4, iterations: 2}}",
+        ],
+    )
+    with pytest.raises(StudyError, match="no complete trial"):
+        run_study(cfg)
+    client = MlflowClient(tracking_uri)
+    assert client.search_registered_models(filter_string="name='it-allfail'") == []
+    parent, _ = _runs(client, "it-allfail")
+    assert parent.info.status == "FAILED"
