@@ -33,6 +33,7 @@ __all__ = [
     "MovieLensLatestSmallSource",
     "NewUserSplitConfig",
     "RandomSplitConfig",
+    "RetrainSettings",
     "SketchfabSource",
     "SplitConfig",
     "StudyConfig",
@@ -317,6 +318,9 @@ class SamplerConfig(_Config):
     """Random trials before TPE starts modelling."""
     constant_liar: bool = True
     """TPE avoids proposing what running trials already test (matters with parallel workers)."""
+    seed: int | None = Field(None, ge=0)
+    """Seed of the sampler alone (to repeat a search on the same split); default: derived
+    from the study seed."""
 
 
 class PrunerConfig(_Config):
@@ -375,6 +379,16 @@ class TrackingSettings(_Config):
     """MLflow experiment; default the study name."""
 
 
+class RetrainSettings(_Config):
+    """The nightly retraining (`flows/retrain.py`, `mfstudy.retrain`)."""
+
+    tolerance: float = Field(0.02, ge=0.0, lt=1.0)
+    """The retrained model replaces the champion unless its holdout score is worse than the
+    champion's re-score by more than this fraction of it (0.02: at most 2% worse)."""
+    fallback_trials: int = Field(10, ge=1)
+    """With no champion registered yet, a study of this many trials runs instead."""
+
+
 class StudyConfig(_Config):
     """A whole study. `StudyConfig()` is the embedded default (`configs/quickstart.yaml`)."""
 
@@ -402,6 +416,8 @@ class StudyConfig(_Config):
     """The Optuna study."""
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
     """MLflow tracking."""
+    retrain: RetrainSettings = Field(default_factory=RetrainSettings)
+    """The nightly retraining of the champion."""
 
     @field_validator("search_space")
     @classmethod

@@ -55,7 +55,8 @@ def make_sampler(
     Each worker gets its own seed: with one shared seed, parallel workers would propose the
     same startup trials.
     """
-    seed = cfg_all.seed * 1009 + worker
+    base = cfg.seed if cfg.seed is not None else cfg_all.seed
+    seed = base * 1009 + worker
     if cfg.kind == "grid":
         return BudgetGridSampler(grid_space(cfg_all.search_space), seed=seed)
     if cfg.kind == "random":
