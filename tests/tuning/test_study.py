@@ -101,3 +101,14 @@ def test_grid_budget_larger_than_grid_is_an_error(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="exceeds the grid's 2 points"):
         create_study(cfg)
+
+
+def test_rdb_url_storage_works_the_same(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    cfg, ctx = _setup(tmp_path, ["study.n_trials=3", f"study.storage={url}"])
+    assert ctx.storage == url
+    outcomes = run_workers(ctx, workers=2)
+    assert len(outcomes) == 3
+    study, _ = create_study(cfg)
+    assert len(study.get_trials()) == 3
+    assert all(t.user_attrs["best_epoch"] >= 1 for t in study.get_trials())
