@@ -13,7 +13,7 @@ storage, parallel workers, no MLflow so only search cost is measured).
 Reported: best test p@5 and the epochs trained (a pruned trial counts the epochs it ran). The
 goal: TPE with pruning reaches the grid's best p@5 with at most 20% of the grid's epochs.
 
-    python bench/search_efficiency.py [--tpe-trials 60] [--seeds 0 1 2] [--workers 2]
+    python bench/search_efficiency.py [--tpe-trials 50] [--seeds 0 1 2] [--workers 2]
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def run_search(config: Path, overrides: list[str], workers: int) -> dict[str, fl
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--tpe-trials", type=int, default=60)
+    ap.add_argument("--tpe-trials", type=int, default=50)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()

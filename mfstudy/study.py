@@ -18,13 +18,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mfstudy.config import StudyConfig
+from mfstudy.config import DataSource, StudyConfig
+from mfstudy.data import CleanStats, Interactions
 from mfstudy.errors import StudyError
 from mfstudy.models import DivergedError, Recommender, model_class
-from mfstudy.prepare import Prepared, prepare, write_prepared
+from mfstudy.prepare import Prepared, prepare, read_prepared, write_prepared
+from mfstudy.thresholding import ThresholdStats
 from mfstudy.tuning import (
     BestTrial,
     TrialContext,
+    TrialOutcome,
     best_trial,
     build_model,
     check_space,
@@ -34,18 +37,36 @@ from mfstudy.tuning import (
     fail_stale_trials,
     limit_threads,
     optuna_figures,
+    run_trial,
     run_workers,
     threads_per_worker,
     trials_table,
 )
 
 __all__ = [
+    "Ingested",
     "MlflowTrialLogs",
     "StudyResult",
+    "StudySession",
+    "Thresholded",
+    "close_study",
+    "end_study",
     "holdout_fingerprint",
+    "ingest",
+    "input_checksum",
+    "input_files",
+    "interrupt_study",
+    "log_similarities",
+    "one_trial",
+    "open_study",
+    "register_best",
+    "register_model",
     "retrain",
     "run_study",
     "similar_items_table",
+    "split_stage",
+    "summarize_study",
+    "threshold_stage",
 ]
 
 log = logging.getLogger("mfstudy.study")
@@ -166,19 +187,43 @@ def register_best(
     Returns (registered name, version, whether it became champion). If retraining fails,
     nothing is registered.
     """
+    model = retrain(best, prepared, cfg, threads)
+    log_similarities(cfg, model, prepared, run_id, uri)
+    return register_model(cfg, best, model, prepared, run_id, uri)
+
+
+def log_similarities(
+    cfg: StudyConfig, model: Recommender, prepared: Prepared, run_id: str, uri: str
+) -> Path | None:
+    """Attach the item-to-item similarity table (`similar_items.csv`) to run `run_id`."""
     from mfstudy import tracking
 
-    model = retrain(best, prepared, cfg, threads)
-    name = cfg.study.register_as or cfg.name
-    holdout = holdout_fingerprint(prepared)
-    inter = prepared.interactions
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = model.save(Path(tmp) / "model")
         sim_path = Path(tmp) / "similar_items.csv"
         similar_items_table(model, prepared, cfg.study.similar_items_k).to_csv(
             sim_path, index=False
         )
         tracking.log_file(uri, run_id, sim_path)
+    return None
+
+
+def register_model(
+    cfg: StudyConfig,
+    best: BestTrial,
+    model: Recommender,
+    prepared: Prepared,
+    run_id: str,
+    uri: str,
+) -> tuple[str, str, bool]:
+    """Log the retrained `model` as a pyfunc model of run `run_id`, register it and move alias
+    `champion` to it if it beats the current one on the same holdout."""
+    from mfstudy import tracking
+
+    name = cfg.study.register_as or cfg.name
+    holdout = holdout_fingerprint(prepared)
+    inter = prepared.interactions
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = model.save(Path(tmp) / "model")
         logged = tracking.log_recommender(
             uri,
             run_id,
@@ -203,11 +248,33 @@ def register_best(
     return name, version, promoted
 
 
-def run_study(
-    cfg: StudyConfig,
-    on_progress: Callable[[dict[str, Any]], None] | None = None,
-) -> StudyResult:
-    """Run the study `cfg` end to end on this machine; see the module docstring."""
+@dataclass(frozen=True)
+class StudySession:
+    """An opened study: its data, Optuna storage, MLflow parent run and the worker context.
+
+    Everything in it is plain data, so a Prefect flow can hand it from one step to the next.
+    """
+
+    cfg: StudyConfig
+    uri: str
+    prepared: Prepared
+    data_dir: Path
+    parent_run_id: str
+    experiment_id: str
+    spool: Path
+    threads: int
+    ctx: TrialContext
+    started: float
+
+
+def open_study(cfg: StudyConfig, prepared: Prepared | None = None) -> StudySession:
+    """Everything before the first trial: checks, data, the Optuna study, the parent run.
+
+    `prepared` is the output of the preparation stages when the caller ran them itself (the
+    Prefect flow does, to cache them); otherwise `prepare(cfg)` runs here. It is written to
+    `<workdir>/<name>/data`, where worker processes read it. Trials left RUNNING by a crashed
+    worker are failed (and their MLflow runs closed) so the budget re-runs them.
+    """
     from mfstudy import tracking
 
     start = time.perf_counter()
@@ -218,7 +285,8 @@ def run_study(
     # is worse than an error now.
     tracking.check_reachable(uri)
 
-    prepared = prepare(cfg)
+    if prepared is None:
+        prepared = prepare(cfg)
     data_dir = write_prepared(prepared, root / cfg.name / "data")
     study, spec = create_study(cfg)
     parent = tracking.start_study(
@@ -237,8 +305,7 @@ def run_study(
             tracking.fail_run(uri, run_id, "worker crashed; marked failed on resume")
     tracking.replay_spool(uri, spool)
 
-    workers = cfg.study.workers
-    threads = threads_per_worker(cfg, workers)
+    threads = threads_per_worker(cfg, cfg.study.workers)
     ctx = TrialContext(
         config=cfg,
         storage=spec,
@@ -249,50 +316,243 @@ def run_study(
         tracker=MlflowTrialLogs(uri, parent.experiment_id, parent.run_id, spool),
         deadline=time.time() + cfg.study.timeout if cfg.study.timeout else None,
     )
+    return StudySession(
+        cfg,
+        uri,
+        prepared,
+        data_dir,
+        parent.run_id,
+        parent.experiment_id,
+        spool,
+        threads,
+        ctx,
+        start,
+    )
+
+
+def summarize_study(session: StudySession) -> tuple[BestTrial, dict[str, int], list[dict]]:
+    """Replay spooled trial data, pick the best trial and log the study's artifacts (trials
+    table, figures, best trial) on the parent run. Returns (best, counts, trials table)."""
+    from mfstudy import tracking
+
+    cfg, uri = session.cfg, session.uri
+    tracking.replay_spool(uri, session.spool)
+    study, _ = create_study(cfg)
+    n = counts(study)
+    best = best_trial(study, cfg)
+    table = trials_table(study)
+    k = cfg.evaluation.k
+    tracking.log_study_artifacts(
+        uri,
+        session.parent_run_id,
+        trials=table,
+        figures=optuna_figures(study),
+        best={
+            "number": best.number,
+            "value": best.value,
+            "best_epoch": best.best_epoch,
+            "family": best.family,
+            "params": best.params,
+            "metric": cfg.metric,
+        },
+        test_metric=f"test_precision_at_{k}",
+        train_metric=f"train_precision_at_{k}",
+    )
+    return best, n, table
+
+
+def end_study(session: StudySession, state: str) -> None:
+    """End the parent run: `complete`, `failed` or `interrupted` (resumable)."""
+    from mfstudy import tracking
+
+    tracking.finish_study(session.uri, session.parent_run_id, state)  # type: ignore[arg-type]
+
+
+def close_study(session: StudySession) -> StudyResult:
+    """Everything after the last trial: pick the best, log the study's artifacts, retrain the
+    best on the full data, register it and end the parent run (FAILED if any of it fails)."""
+    try:
+        best, n, _ = summarize_study(session)
+        name, version, promoted = register_best(
+            session.cfg,
+            best,
+            session.prepared,
+            session.parent_run_id,
+            session.uri,
+            session.threads,
+        )
+    except BaseException:
+        end_study(session, "failed")
+        raise
+    end_study(session, "complete")
+    return StudyResult(
+        best=best,
+        counts=n,
+        tracking_uri=session.uri,
+        parent_run_id=session.parent_run_id,
+        model_name=name,
+        model_version=version,
+        promoted=promoted,
+        seconds=time.perf_counter() - session.started,
+    )
+
+
+def interrupt_study(session: StudySession) -> None:
+    """End the parent run KILLED (the trials were interrupted; a re-run resumes them)."""
+    end_study(session, "interrupted")
+
+
+def run_study(
+    cfg: StudyConfig,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+) -> StudyResult:
+    """Run the study `cfg` end to end on this machine; see the module docstring.
+
+    The same three steps as the Prefect flow (`flows/study.py`): :func:`open_study`, the
+    trials (here `workers` local processes), :func:`close_study`.
+    """
+    session = open_study(cfg)
 
     def poll(s: Any) -> None:
         if on_progress is not None:
             on_progress(progress_info(s, cfg))
 
     try:
-        run_workers(ctx, workers, on_poll=poll)
+        run_workers(session.ctx, cfg.study.workers, on_poll=poll)
     except BaseException:
-        tracking.finish_study(uri, parent.run_id, "interrupted")
+        interrupt_study(session)
         raise
-    tracking.replay_spool(uri, spool)
+    return close_study(session)
 
-    n = counts(study)
+
+# ----------------------------------------------------------------------------- one trial
+
+
+_PREPARED_CACHE: dict[tuple[str, int], Prepared] = {}
+
+
+def one_trial(ctx: TrialContext) -> TrialOutcome | None:
+    """Reserve one trial of the study (under the budget lock) and run it; None when the budget
+    is used up or the deadline passed.
+
+    This is the unit a Prefect task runs, so each trial is one task run. Threads are capped
+    per call; the prepared data is read once per process (keyed by its stats.json mtime).
+    """
+    from mfstudy.tuning import load_study, quiet, reserve_trial
+
+    quiet()
+    stamp = (ctx.prepared_dir / "stats.json").stat().st_mtime_ns
+    key = (str(ctx.prepared_dir), stamp)
+    prepared = _PREPARED_CACHE.get(key)
+    if prepared is None:
+        _PREPARED_CACHE.clear()
+        prepared = _PREPARED_CACHE[key] = read_prepared(ctx.prepared_dir)
+    study = load_study(ctx)
+    trial = reserve_trial(study, ctx)
+    if trial is None:
+        return None
+    handle = limit_threads(ctx.threads)
     try:
-        best = best_trial(study, cfg)
-        k = cfg.evaluation.k
-        tracking.log_study_artifacts(
-            uri,
-            parent.run_id,
-            trials=trials_table(study),
-            figures=optuna_figures(study),
-            best={
-                "number": best.number,
-                "value": best.value,
-                "best_epoch": best.best_epoch,
-                "family": best.family,
-                "params": best.params,
-                "metric": cfg.metric,
-            },
-            test_metric=f"test_precision_at_{k}",
-            train_metric=f"train_precision_at_{k}",
-        )
-        name, version, promoted = register_best(cfg, best, prepared, parent.run_id, uri, threads)
-    except BaseException:
-        tracking.finish_study(uri, parent.run_id, "failed")
-        raise
-    tracking.finish_study(uri, parent.run_id, "complete")
-    return StudyResult(
-        best=best,
-        counts=n,
-        tracking_uri=uri,
-        parent_run_id=parent.run_id,
-        model_name=name,
-        model_version=version,
-        promoted=promoted,
-        seconds=time.perf_counter() - start,
+        return run_trial(trial, study, prepared, ctx)
+    finally:
+        del handle
+
+
+# ----------------------------------------------------------------------------- data stages
+# The three steps of `mfstudy.prepare.prepare`, separately, so an orchestrator can cache each
+# (tests check that chaining them gives exactly what `prepare` gives).
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """Read and cleaned interactions (duplicates dropped, repeated pairs merged, encoded)."""
+
+    interactions: Interactions
+    source: str
+    clean: CleanStats
+
+
+@dataclass(frozen=True)
+class Thresholded:
+    """The k-core of the ingested interactions."""
+
+    ingested: Ingested
+    interactions: Interactions
+    stats: ThresholdStats
+
+
+def ingest(cfg: StudyConfig) -> Ingested:
+    """Load the configured source and clean it."""
+    from mfstudy.data import clean, load
+
+    raw = load(cfg.data, seed=cfg.seed)
+    inter, cstats = clean(raw, cfg.data.weighting)
+    return Ingested(inter, raw.source, cstats)
+
+
+def threshold_stage(ingested: Ingested, cfg: StudyConfig) -> Thresholded:
+    """Iterative k-core thresholding with the configured minimums."""
+    from mfstudy.thresholding import threshold
+
+    kept, tstats = threshold(
+        ingested.interactions, cfg.threshold.min_items_per_user, cfg.threshold.min_users_per_item
     )
+    return Thresholded(ingested, kept, tstats)
+
+
+def split_stage(thresholded: Thresholded, cfg: StudyConfig) -> Prepared:
+    """The configured split, giving what `prepare(cfg)` gives."""
+    from mfstudy.split import HoldoutSplit, NewUserSplit, RandomSplit, make_split
+
+    kept, ing = thresholded.interactions, thresholded.ingested
+    full = kept.to_csr()
+    split = make_split(full, cfg.split, seed=cfg.seed)
+    foldin = None
+    if isinstance(split, HoldoutSplit):
+        users = split.users
+    elif isinstance(split, NewUserSplit):
+        users, foldin = split.new_users, split.foldin
+    elif isinstance(split, RandomSplit):
+        users = np.flatnonzero(np.diff(split.test.indptr))
+    else:  # pragma: no cover - make_split only returns the three kinds
+        raise TypeError(type(split))
+    stats = {
+        "name": cfg.name,
+        "seed": cfg.seed,
+        "source": ing.source,
+        "rows_read": ing.clean.rows_read,
+        "duplicates_dropped": ing.clean.duplicates_dropped,
+        "before_threshold": ing.interactions.summary(),
+        "after_threshold": kept.summary(),
+        "threshold": thresholded.stats.to_dict(),
+        "split": {"kind": cfg.split.kind, **split.summary(), "evaluated_users": len(users)},
+        "config": cfg.model_dump(mode="json"),
+    }
+    return Prepared(kept, full, split.train, split.test, np.asarray(users, np.int64), foldin, stats)
+
+
+def input_files(source: DataSource) -> list[Path]:
+    """The files a source reads (none for synthetic data); may download a public dataset."""
+    from mfstudy.data import DATASETS, dataset_dir
+
+    if source.source == "synthetic":
+        return []
+    if source.source in ("sketchfab", "table"):
+        return [Path(source.path)]  # type: ignore[union-attr]
+    spec = DATASETS[source.source]
+    folder = dataset_dir(source.source, source.path)  # type: ignore[union-attr]
+    return [folder / f for f in spec.files]
+
+
+def input_checksum(cfg: StudyConfig) -> str:
+    """sha256 over the bytes of every input file, so a cache keyed by it notices new data."""
+    h = hashlib.sha256()
+    for path in input_files(cfg.data):
+        h.update(path.name.encode())
+        try:
+            with open(path, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    h.update(chunk)
+        except OSError:
+            h.update(b"<missing>")  # the ingest step reports the file properly
+    return h.hexdigest()

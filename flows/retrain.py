@@ -1,0 +1,67 @@
+"""The nightly retraining flow: re-ingest, refit the champion's recipe, gate, register.
+
+What is compared and why the champion is re-fitted rather than scored as is: see
+`mfstudy/retrain.py`. The data tasks are the study's cached ones, keyed by the input files'
+checksum, so grown data is re-prepared and unchanged data is not. With no champion yet, the
+flow runs the study flow (as a subflow) with `retrain.fallback_trials` trials instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
+from flows.study import RunnerKind, artifact_key, load_study_config, prepare_data, study_flow
+from tasks import retrain_champion_task
+
+__all__ = ["retrain_flow"]
+
+
+@flow(name="mf-retrain", validate_parameters=True)
+def retrain_flow(
+    config: str | None = None,
+    overrides: list[str] | None = None,
+    task_runner: RunnerKind = "process",
+    dask_address: str | None = None,
+) -> dict[str, Any]:
+    """Retrain the champion of the study `config` on today's data; move the alias if the new
+    version is not worse than the champion's re-score by more than `retrain.tolerance`.
+
+    `task_runner`/`dask_address` are used only by the fallback study (no champion yet).
+    """
+    logger = get_run_logger()
+    cfg = load_study_config(config, overrides or [])
+    prepared = prepare_data(cfg)
+    result = retrain_champion_task(cfg, prepared)
+    key = artifact_key("retrain", cfg.name)
+    if result is None:
+        n = cfg.retrain.fallback_trials
+        logger.info("no champion yet: running a study of %d trials instead", n)
+        summary = study_flow(
+            config=config,
+            n_trials=n,
+            overrides=overrides,
+            task_runner=task_runner,
+            dask_address=dask_address,
+        )
+        create_markdown_artifact(
+            f"# Nightly retraining of `{cfg.study.register_as or cfg.name}`\n\n"
+            f"No champion was registered: ran a study of {n} trials instead. Registered "
+            f"version {summary['model_version']}"
+            f"{' (now champion)' if summary['promoted'] else ''}.\n",
+            key=key,
+            description=f"{cfg.name}: nightly retraining (fallback study)",
+        )
+        return {"decision": "study", **summary}
+    create_markdown_artifact(
+        result.markdown(), key=key, description=f"{cfg.name}: nightly retraining decision"
+    )
+    return result.to_dict()
+
+
+if __name__ == "__main__":  # pragma: no cover - `python flows/retrain.py [config]`
+    import sys
+
+    retrain_flow(config=sys.argv[1] if len(sys.argv) > 1 else None)

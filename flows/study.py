@@ -1,0 +1,247 @@
+"""The study flow: prepare (cached), trials as task runs, then retrain, register, report.
+
+The same steps as `mfstudy study` (`mfstudy.study.run_study`), which runs them without any
+server; here each is a Prefect task, every trial is its own task run on the trial task runner
+(local processes by default, or a Dask cluster), a progress artifact follows the budget, and a
+Markdown artifact holds the trials table and the best parameters.
+
+Parameters are validated by Prefect (pydantic) before the run starts; the config file itself
+is validated by `mfstudy.config.load_config`, whose error names the offending key.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Annotated, Any, Literal
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    update_progress_artifact,
+)
+from prefect.futures import PrefectFuture, wait
+from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner
+from pydantic import Field
+
+from mfstudy.config import StudyConfig, load_config
+from mfstudy.errors import ConfigError
+from mfstudy.study import StudySession, progress_info
+from mfstudy.tuning import TrialOutcome
+from tasks import (
+    end_study_task,
+    ingest_task,
+    open_study_task,
+    register_task,
+    retrain_best_task,
+    run_trial_task,
+    similarities_task,
+    split_task,
+    summarize_task,
+    threshold_task,
+)
+
+__all__ = ["artifact_key", "study_flow", "trial_runner", "trials_markdown"]
+
+RunnerKind = Literal["process", "dask"]
+
+
+def trial_runner(kind: RunnerKind, workers: int, dask_address: str | None) -> TaskRunner[Any]:
+    """Where trial tasks run: `workers` local processes, or the Dask scheduler at an address.
+
+    With Dask, workers on other machines join the same study only if the Optuna storage is
+    shared (`study.storage`: a PostgreSQL URL or a journal file on a shared file system).
+    """
+    if kind == "dask":
+        if not dask_address:
+            raise ConfigError("task_runner dask: give dask_address, e.g. tcp://10.0.0.5:8786")
+        from prefect_dask import DaskTaskRunner
+
+        return DaskTaskRunner(address=dask_address)
+    return ProcessPoolTaskRunner(max_workers=workers)
+
+
+def artifact_key(prefix: str, name: str) -> str:
+    """Artifact keys allow lowercase letters, digits and dashes only."""
+    slug = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+    return f"{prefix}-{slug}"
+
+
+def load_study_config(
+    config: str | None,
+    overrides: list[str],
+    n_trials: int | None = None,
+    workers: int | None = None,
+    timeout: float | None = None,
+) -> StudyConfig:
+    """The config file with `--set`-style overrides and the flow's budget parameters."""
+    extra = list(overrides)
+    for key, value in (("n_trials", n_trials), ("workers", workers), ("timeout", timeout)):
+        if value is not None:
+            extra.append(f"study.{key}={value}")
+    return load_config(config, extra)
+
+
+def prepare_data(cfg: StudyConfig) -> Any:
+    """Ingest -> threshold -> split as three cached tasks; returns the `Prepared` data."""
+    ingested = ingest_task(cfg)
+    kept = threshold_task(ingested, cfg)
+    return split_task(kept, cfg)
+
+
+def run_trials(session: StudySession, runner: TaskRunner[Any], workers: int) -> list[TrialOutcome]:
+    """Keep `workers` trial task runs going until one reports the budget used up.
+
+    Each task reserves its trial under the study's lock, so the budget is exact whatever runs
+    the tasks; a task returning None means no trial is left to start, so no new one is
+    submitted and the running ones are waited for.
+    """
+    from mfstudy.tuning import load_study
+
+    cfg = session.cfg
+    logger = get_run_logger()
+    progress = create_progress_artifact(
+        0.0, key=artifact_key("trials", cfg.name), description=f"{cfg.name}: trials finished"
+    )
+    study = load_study(session.ctx)
+    # Each task builds its sampler afresh, seeded by `ctx.worker`: a distinct index per task
+    # (continuing after the trials a resumed study already has) keeps their random startup
+    # proposals distinct and the whole run reproducible.
+    offset = len(study.get_trials(deepcopy=False))
+    outcomes: list[TrialOutcome] = []
+    slot = 0
+    with runner:
+
+        def submit() -> PrefectFuture[Any]:
+            nonlocal slot
+            slot += 1
+            ctx = replace(session.ctx, worker=offset + slot)
+            return runner.submit(run_trial_task, {"ctx": ctx, "slot": slot})
+
+        pending = {submit() for _ in range(workers)}
+        exhausted = False
+        while pending:
+            done, pending = wait(list(pending), timeout=2.0)
+            for fut in done:
+                outcome = fut.result()
+                if outcome is None:
+                    exhausted = True
+                    continue
+                outcomes.append(outcome)
+                if not exhausted:
+                    pending.add(submit())
+            info = progress_info(study, cfg)
+            if progress is not None:
+                update_progress_artifact(
+                    progress, 100.0 * min(1.0, info["finished"] / max(1, info["total"]))
+                )
+            if done:
+                best = "-" if info["best"] is None else f"{info['best']:.5f}"
+                logger.info(
+                    "trials finished %d/%d, best %s %s (pruned %d, failed %d)",
+                    info["finished"],
+                    info["total"],
+                    cfg.metric,
+                    best,
+                    info["pruned"],
+                    info["fail"],
+                )
+    return outcomes
+
+
+def trials_markdown(
+    cfg: StudyConfig, table: list[dict[str, Any]], best: Any, result: dict[str, Any]
+) -> str:
+    """The study report: best trial, its parameters, registration, and every trial."""
+    param_cols = sorted({k for row in table for k in row if k.startswith("param.")})
+    cols = ["number", "state", "value", "best_epoch", "duration_s", *param_cols]
+
+    def cell(v: Any) -> str:
+        if v is None:
+            return ""
+        return f"{v:.5g}" if isinstance(v, float) else str(v)
+
+    header = "| " + " | ".join(c.removeprefix("param.") for c in cols) + " |"
+    rule = "|" + "---|" * len(cols)
+    rows = ["| " + " | ".join(cell(r.get(c)) for c in cols) + " |" for r in table]
+    params = "\n".join(f"| `{k}` | {cell(v)} |" for k, v in best.params.items())
+    verdict = "now **champion**" if result["promoted"] else "champion unchanged"
+    return (
+        f"# Study `{cfg.name}`\n\n"
+        f"Best trial **#{best.number}** ({best.family}): {cfg.metric} = **{best.value:.5f}** "
+        f"at epoch {best.best_epoch}.\n\n"
+        f"| parameter | value |\n|---|---|\n{params}\n| epochs | {best.best_epoch} |\n\n"
+        f"Registered `{result['model_name']}` version {result['model_version']}: {verdict}. "
+        f"MLflow parent run `{result['parent_run_id']}` at {result['tracking_uri']}.\n\n"
+        f"## Trials\n\n{header}\n{rule}\n" + "\n".join(rows) + "\n"
+    )
+
+
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+@flow(name="mf-study", validate_parameters=True)
+def study_flow(
+    config: str | None = None,
+    n_trials: PositiveInt | None = None,
+    workers: PositiveInt | None = None,
+    timeout: Annotated[float, Field(gt=0)] | None = None,
+    overrides: list[str] | None = None,
+    task_runner: RunnerKind = "process",
+    dask_address: str | None = None,
+) -> dict[str, Any]:
+    """Prepare the data, run the study's trials as task runs, retrain and register the best.
+
+    `config` is a study YAML (None: the embedded quickstart); `n_trials`, `workers` and
+    `timeout` override `study.*`; `overrides` are `key=value` like `mfstudy --set`;
+    `task_runner` is `process` (local) or `dask` with `dask_address` (a scheduler).
+    """
+    logger = get_run_logger()
+    cfg = load_study_config(config, overrides or [], n_trials, workers, timeout)
+    start = time.perf_counter()
+    prepared = prepare_data(cfg)
+    session = open_study_task(cfg, prepared)
+    runner = trial_runner(task_runner, cfg.study.workers, dask_address)
+    try:
+        run_trials(session, runner, cfg.study.workers)
+    except BaseException:
+        end_study_task(session, "interrupted")
+        raise
+    try:
+        best, counts, table = summarize_task(session)
+        model = retrain_best_task(session, best)
+        similarities_task(session, model)
+        name, version, promoted = register_task(session, best, model)
+    except BaseException:
+        end_study_task(session, "failed")
+        raise
+    end_study_task(session, "complete")
+    result = {
+        "study": cfg.name,
+        "best_number": best.number,
+        "best_value": best.value,
+        "best_epoch": best.best_epoch,
+        "family": best.family,
+        "params": best.params,
+        "counts": counts,
+        "model_name": name,
+        "model_version": version,
+        "promoted": promoted,
+        "parent_run_id": session.parent_run_id,
+        "tracking_uri": session.uri,
+        "seconds": time.perf_counter() - start,
+    }
+    create_markdown_artifact(
+        trials_markdown(cfg, table, best, result),
+        key=artifact_key("study", cfg.name),
+        description=f"{cfg.name}: trials and best parameters",
+    )
+    logger.info("study %s done in %.1fs: %s v%s", cfg.name, result["seconds"], name, version)
+    return result
+
+
+if __name__ == "__main__":  # pragma: no cover - `python flows/study.py [config]`
+    import sys
+
+    study_flow(config=sys.argv[1] if len(sys.argv) > 1 else None)
