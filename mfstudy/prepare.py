@@ -19,12 +19,22 @@ import pandas as pd
 import scipy.sparse as sp
 
 from mfstudy.config import StudyConfig
-from mfstudy.data import Interactions, clean, load
+from mfstudy.data import CleanStats, Interactions, clean, load
 from mfstudy.errors import DataError
 from mfstudy.split import HoldoutSplit, NewUserSplit, RandomSplit, make_split
-from mfstudy.thresholding import threshold
+from mfstudy.thresholding import ThresholdStats, threshold
 
-__all__ = ["Prepared", "prepare", "read_prepared", "write_prepared"]
+__all__ = [
+    "Ingested",
+    "Prepared",
+    "Thresholded",
+    "ingest",
+    "prepare",
+    "read_prepared",
+    "split_stage",
+    "threshold_stage",
+    "write_prepared",
+]
 
 
 @dataclass(frozen=True)
@@ -45,16 +55,49 @@ class Prepared:
     stats: dict[str, Any]
 
 
-def prepare(cfg: StudyConfig) -> Prepared:
-    """Run ingest -> clean -> threshold -> split for `cfg`; every random choice from `cfg.seed`."""
+# ----------------------------------------------------------------------------- stages
+# The three steps of `prepare`, separately, so an orchestrator can cache each (the Prefect
+# tasks key them by input checksum and the config sections they read).
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """Read and cleaned interactions (duplicates dropped, repeated pairs merged, encoded)."""
+
+    interactions: Interactions
+    source: str
+    clean: CleanStats
+
+
+@dataclass(frozen=True)
+class Thresholded:
+    """The k-core of the ingested interactions."""
+
+    ingested: Ingested
+    interactions: Interactions
+    stats: ThresholdStats
+
+
+def ingest(cfg: StudyConfig) -> Ingested:
+    """Load the configured source and clean it."""
     raw = load(cfg.data, seed=cfg.seed)
     inter, cstats = clean(raw, cfg.data.weighting)
+    return Ingested(inter, raw.source, cstats)
+
+
+def threshold_stage(ingested: Ingested, cfg: StudyConfig) -> Thresholded:
+    """Iterative k-core thresholding with the configured minimums."""
     kept, tstats = threshold(
-        inter, cfg.threshold.min_items_per_user, cfg.threshold.min_users_per_item
+        ingested.interactions, cfg.threshold.min_items_per_user, cfg.threshold.min_users_per_item
     )
+    return Thresholded(ingested, kept, tstats)
+
+
+def split_stage(thresholded: Thresholded, cfg: StudyConfig) -> Prepared:
+    """The configured split of the thresholded interactions, with the run's statistics."""
+    kept, ing = thresholded.interactions, thresholded.ingested
     full = kept.to_csr()
     split = make_split(full, cfg.split, seed=cfg.seed)
-
     foldin: sp.csr_matrix | None = None
     if isinstance(split, HoldoutSplit):
         users = split.users
@@ -64,25 +107,24 @@ def prepare(cfg: StudyConfig) -> Prepared:
         users = np.flatnonzero(np.diff(split.test.indptr))
     else:  # pragma: no cover - make_split only returns the three kinds
         raise TypeError(type(split))
-
-    split_stats: dict[str, Any] = {
-        "kind": cfg.split.kind,
-        **split.summary(),
-        "evaluated_users": len(users),
-    }
-    stats = {
+    stats: dict[str, Any] = {
         "name": cfg.name,
         "seed": cfg.seed,
-        "source": raw.source,
-        "rows_read": cstats.rows_read,
-        "duplicates_dropped": cstats.duplicates_dropped,
-        "before_threshold": inter.summary(),
+        "source": ing.source,
+        "rows_read": ing.clean.rows_read,
+        "duplicates_dropped": ing.clean.duplicates_dropped,
+        "before_threshold": ing.interactions.summary(),
         "after_threshold": kept.summary(),
-        "threshold": tstats.to_dict(),
-        "split": split_stats,
+        "threshold": thresholded.stats.to_dict(),
+        "split": {"kind": cfg.split.kind, **split.summary(), "evaluated_users": len(users)},
         "config": cfg.model_dump(mode="json"),
     }
     return Prepared(kept, full, split.train, split.test, np.asarray(users, np.int64), foldin, stats)
+
+
+def prepare(cfg: StudyConfig) -> Prepared:
+    """Run ingest -> clean -> threshold -> split for `cfg`; every random choice from `cfg.seed`."""
+    return split_stage(threshold_stage(ingest(cfg), cfg), cfg)
 
 
 def write_prepared(p: Prepared, out: str | os.PathLike[str]) -> Path:

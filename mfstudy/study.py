@@ -19,11 +19,9 @@ import numpy as np
 import pandas as pd
 
 from mfstudy.config import DataSource, StudyConfig
-from mfstudy.data import CleanStats, Interactions
 from mfstudy.errors import StudyError
 from mfstudy.models import DivergedError, Recommender, model_class
 from mfstudy.prepare import Prepared, prepare, read_prepared, write_prepared
-from mfstudy.thresholding import ThresholdStats
 from mfstudy.tuning import (
     BestTrial,
     TrialContext,
@@ -44,15 +42,12 @@ from mfstudy.tuning import (
 )
 
 __all__ = [
-    "Ingested",
     "MlflowTrialLogs",
     "StudyResult",
     "StudySession",
-    "Thresholded",
     "close_study",
     "end_study",
     "holdout_fingerprint",
-    "ingest",
     "input_checksum",
     "input_files",
     "interrupt_study",
@@ -64,9 +59,7 @@ __all__ = [
     "retrain",
     "run_study",
     "similar_items_table",
-    "split_stage",
     "summarize_study",
-    "threshold_stage",
 ]
 
 log = logging.getLogger("mfstudy.study")
@@ -456,79 +449,6 @@ def one_trial(ctx: TrialContext) -> TrialOutcome | None:
         return run_trial(trial, study, prepared, ctx)
     finally:
         del handle
-
-
-# ----------------------------------------------------------------------------- data stages
-# The three steps of `mfstudy.prepare.prepare`, separately, so an orchestrator can cache each
-# (tests check that chaining them gives exactly what `prepare` gives).
-
-
-@dataclass(frozen=True)
-class Ingested:
-    """Read and cleaned interactions (duplicates dropped, repeated pairs merged, encoded)."""
-
-    interactions: Interactions
-    source: str
-    clean: CleanStats
-
-
-@dataclass(frozen=True)
-class Thresholded:
-    """The k-core of the ingested interactions."""
-
-    ingested: Ingested
-    interactions: Interactions
-    stats: ThresholdStats
-
-
-def ingest(cfg: StudyConfig) -> Ingested:
-    """Load the configured source and clean it."""
-    from mfstudy.data import clean, load
-
-    raw = load(cfg.data, seed=cfg.seed)
-    inter, cstats = clean(raw, cfg.data.weighting)
-    return Ingested(inter, raw.source, cstats)
-
-
-def threshold_stage(ingested: Ingested, cfg: StudyConfig) -> Thresholded:
-    """Iterative k-core thresholding with the configured minimums."""
-    from mfstudy.thresholding import threshold
-
-    kept, tstats = threshold(
-        ingested.interactions, cfg.threshold.min_items_per_user, cfg.threshold.min_users_per_item
-    )
-    return Thresholded(ingested, kept, tstats)
-
-
-def split_stage(thresholded: Thresholded, cfg: StudyConfig) -> Prepared:
-    """The configured split, giving what `prepare(cfg)` gives."""
-    from mfstudy.split import HoldoutSplit, NewUserSplit, RandomSplit, make_split
-
-    kept, ing = thresholded.interactions, thresholded.ingested
-    full = kept.to_csr()
-    split = make_split(full, cfg.split, seed=cfg.seed)
-    foldin = None
-    if isinstance(split, HoldoutSplit):
-        users = split.users
-    elif isinstance(split, NewUserSplit):
-        users, foldin = split.new_users, split.foldin
-    elif isinstance(split, RandomSplit):
-        users = np.flatnonzero(np.diff(split.test.indptr))
-    else:  # pragma: no cover - make_split only returns the three kinds
-        raise TypeError(type(split))
-    stats = {
-        "name": cfg.name,
-        "seed": cfg.seed,
-        "source": ing.source,
-        "rows_read": ing.clean.rows_read,
-        "duplicates_dropped": ing.clean.duplicates_dropped,
-        "before_threshold": ing.interactions.summary(),
-        "after_threshold": kept.summary(),
-        "threshold": thresholded.stats.to_dict(),
-        "split": {"kind": cfg.split.kind, **split.summary(), "evaluated_users": len(users)},
-        "config": cfg.model_dump(mode="json"),
-    }
-    return Prepared(kept, full, split.train, split.test, np.asarray(users, np.int64), foldin, stats)
 
 
 def input_files(source: DataSource) -> list[Path]:

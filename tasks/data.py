@@ -16,15 +16,8 @@ from prefect import get_run_logger, task
 from prefect.context import TaskRunContext
 
 from mfstudy.config import StudyConfig
-from mfstudy.prepare import Prepared
-from mfstudy.study import (
-    Ingested,
-    Thresholded,
-    ingest,
-    input_checksum,
-    split_stage,
-    threshold_stage,
-)
+from mfstudy.prepare import Ingested, Prepared, Thresholded, ingest, split_stage, threshold_stage
+from mfstudy.study import input_checksum
 
 __all__ = ["data_cache_key", "ingest_task", "split_task", "threshold_task"]
 
