@@ -209,7 +209,12 @@ def retrain_champion(
     import os
 
     from mfstudy import tracking
-    from mfstudy.study import holdout_fingerprint, retrain, similar_items_table
+    from mfstudy.study import (
+        holdout_fingerprint,
+        log_model_version,
+        log_similarities,
+        retrain,
+    )
     from mfstudy.tracking._retrain import (
         champion_version,
         log_retrain_run,
@@ -279,24 +284,8 @@ def retrain_champion(
         epochs = int(params.get("iterations", 0))
         best = BestTrial(-1, family, params, candidate_score, epochs)
         model = retrain(best, prepared, cfg, threads)
-        inter = prepared.interactions
-        with tempfile.TemporaryDirectory() as tmp:
-            model_dir = model.save(Path(tmp) / "model")
-            sim = Path(tmp) / "similar_items.csv"
-            similar_items_table(model, prepared, cfg.study.similar_items_k).to_csv(sim, index=False)
-            tracking.log_file(uri, run_id, sim)
-            logged = tracking.log_recommender(
-                uri,
-                run_id,
-                model_dir,
-                item_ids=inter.item_ids,
-                item_names=inter.item_names,
-                user_ids=inter.user_ids,
-                registered_name=name,
-                score=candidate_score,
-                holdout=holdout,
-            )
-        version = str(logged.version)
+        log_similarities(cfg, model, prepared, run_id, uri)
+        version = log_model_version(model, prepared, run_id, uri, name, candidate_score, holdout)
         tag_version(
             uri,
             name,

@@ -51,6 +51,7 @@ __all__ = [
     "input_checksum",
     "input_files",
     "interrupt_study",
+    "log_model_version",
     "log_similarities",
     "one_trial",
     "open_study",
@@ -187,7 +188,7 @@ def register_best(
 
 def log_similarities(
     cfg: StudyConfig, model: Recommender, prepared: Prepared, run_id: str, uri: str
-) -> Path | None:
+) -> None:
     """Attach the item-to-item similarity table (`similar_items.csv`) to run `run_id`."""
     from mfstudy import tracking
 
@@ -197,7 +198,35 @@ def log_similarities(
             sim_path, index=False
         )
         tracking.log_file(uri, run_id, sim_path)
-    return None
+
+
+def log_model_version(
+    model: Recommender,
+    prepared: Prepared,
+    run_id: str,
+    uri: str,
+    name: str,
+    score: float,
+    holdout: str,
+) -> str:
+    """Log `model` with the id maps of `prepared` as a pyfunc model of run `run_id`, register
+    it as a new version of `name` tagged with its score and holdout; returns the version."""
+    from mfstudy import tracking
+
+    inter = prepared.interactions
+    with tempfile.TemporaryDirectory() as tmp:
+        logged = tracking.log_recommender(
+            uri,
+            run_id,
+            model.save(Path(tmp) / "model"),
+            item_ids=inter.item_ids,
+            item_names=inter.item_names,
+            user_ids=inter.user_ids,
+            registered_name=name,
+            score=score,
+            holdout=holdout,
+        )
+    return str(logged.version)
 
 
 def register_model(
@@ -214,21 +243,7 @@ def register_model(
 
     name = cfg.study.register_as or cfg.name
     holdout = holdout_fingerprint(prepared)
-    inter = prepared.interactions
-    with tempfile.TemporaryDirectory() as tmp:
-        model_dir = model.save(Path(tmp) / "model")
-        logged = tracking.log_recommender(
-            uri,
-            run_id,
-            model_dir,
-            item_ids=inter.item_ids,
-            item_names=inter.item_names,
-            user_ids=inter.user_ids,
-            registered_name=name,
-            score=best.value,
-            holdout=holdout,
-        )
-    version = str(logged.version)
+    version = log_model_version(model, prepared, run_id, uri, name, best.value, holdout)
     try:
         promoted = tracking.set_champion_if_better(
             uri, name, version, best.value, cfg.direction == "maximize", holdout=holdout
