@@ -34,6 +34,7 @@ __all__ = [
     "NewUserSplitConfig",
     "RandomSplitConfig",
     "RetrainSettings",
+    "ScheduleSettings",
     "SketchfabSource",
     "SplitConfig",
     "StudyConfig",
@@ -43,6 +44,8 @@ __all__ = [
     "UserHoldoutSplitConfig",
     "Weighting",
     "apply_overrides",
+    "check_cron",
+    "check_timezone",
     "format_validation_error",
     "load_config",
 ]
@@ -379,6 +382,98 @@ class TrackingSettings(_Config):
     """MLflow experiment; default the study name."""
 
 
+# Cron fields: (name, lowest, highest, names allowed in place of numbers).
+_CRON_FIELDS = (
+    ("minute", 0, 59, ()),
+    ("hour", 0, 23, ()),
+    ("day of month", 1, 31, ()),
+    ("month", 1, 12, ("jan", "feb", "mar", "apr", "may", "jun",
+                      "jul", "aug", "sep", "oct", "nov", "dec")),
+    ("day of week", 0, 7, ("sun", "mon", "tue", "wed", "thu", "fri", "sat")),
+)  # fmt: skip
+_CRON_MACROS = frozenset(
+    ["@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"]
+)
+
+
+def _cron_value(token: str, low: int, high: int, names: tuple[str, ...]) -> int:
+    lowered = token.lower()
+    if lowered in names:
+        return names.index(lowered) + (1 if low == 1 else 0)
+    if not token.isdigit():
+        raise ValueError(f"{token!r} is not a number")
+    value = int(token)
+    if not low <= value <= high:
+        raise ValueError(f"{value} is out of range {low}-{high}")
+    return value
+
+
+def check_cron(expr: str) -> str:
+    """Validate a standard five-field cron expression (or an @daily-style macro).
+
+    Stricter than Prefect's croniter (no seconds field, no `L`/`W`/`#`/`H`), so whatever
+    passes here Prefect schedules too; checked here because the config is read before any
+    Prefect client exists, and a typo must fail with one line, not at 03:00.
+    """
+    text = expr.strip()
+    if text.lower() in _CRON_MACROS:
+        return text
+    parts = text.split()
+    if len(parts) != 5:
+        raise ValueError(
+            f"{expr!r} has {len(parts)} fields, expected 5 (minute hour day month weekday)"
+        )
+    for part, (field, low, high, names) in zip(parts, _CRON_FIELDS, strict=True):
+        try:
+            for item in part.split(","):
+                span, _, step = item.partition("/")
+                if step and (not step.isdigit() or int(step) == 0):
+                    raise ValueError(f"step {step!r} is not a positive number")
+                if span == "*":
+                    continue
+                first, dash, last = span.partition("-")
+                a = _cron_value(first, low, high, names)
+                if dash and a > _cron_value(last, low, high, names):
+                    raise ValueError(f"range {span!r} is reversed")
+        except ValueError as err:
+            raise ValueError(f"{expr!r}: {field} field {part!r}: {err}") from None
+    return text
+
+
+def check_timezone(name: str) -> str:
+    """An IANA timezone name known to this machine's tz database (e.g. `Europe/Berlin`)."""
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"{name!r} is not an IANA timezone name (e.g. Europe/Berlin)") from None
+    return name
+
+
+class ScheduleSettings(_Config):
+    """When the nightly retraining deployment runs (`python -m flows.deploy <config>`)."""
+
+    cron: str = "0 3 * * *"
+    """Five-field cron expression (minute hour day-of-month month day-of-week) or a macro such
+    as `@daily`; default 03:00 every day."""
+    timezone: str = "UTC"
+    """IANA timezone the cron expression is read in, e.g. `Europe/Berlin` (daylight saving time
+    followed)."""
+    active: bool = True
+    """Whether the schedule is on when deployed (`false`: deployed paused)."""
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        return check_cron(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value: str) -> str:
+        return check_timezone(value)
+
+
 class RetrainSettings(_Config):
     """The nightly retraining (`flows/retrain.py`, `mfstudy.retrain`)."""
 
@@ -387,6 +482,8 @@ class RetrainSettings(_Config):
     champion's re-score by more than this fraction of it (0.02: at most 2% worse)."""
     fallback_trials: int = Field(10, ge=1)
     """With no champion registered yet, a study of this many trials runs instead."""
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    """When the nightly retraining runs once deployed."""
 
 
 class StudyConfig(_Config):
