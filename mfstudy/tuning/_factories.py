@@ -58,7 +58,10 @@ def make_sampler(
     base = cfg.seed if cfg.seed is not None else cfg_all.seed
     seed = base * 1009 + worker
     if cfg.kind == "grid":
-        return BudgetGridSampler(grid_space(cfg_all.search_space), seed=seed)
+        # Not per worker: GridSampler gives trial n the n-th point of its seed-shuffled grid, so
+        # every worker must shuffle alike, or two trials land on one point and another point is
+        # never tried.
+        return BudgetGridSampler(grid_space(cfg_all.search_space), seed=base)
     if cfg.kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(

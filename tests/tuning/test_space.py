@@ -82,6 +82,27 @@ def test_recipe_grid_is_the_blogs_180_points() -> None:
     assert points == set(itertools.product(*BLOG_GRID.values()))
 
 
+def test_grid_workers_with_their_own_samplers_cover_every_point_once() -> None:
+    # Parallel workers (and the flow's trial tasks) each build their own sampler with a
+    # worker index; trial n must still get a distinct grid point whichever worker asks.
+    from mfstudy.tuning import make_sampler
+
+    cfg = load_config(REPO / "configs" / "recipe.yaml")
+    study = optuna.create_study()
+    points = []
+    for number in range(180):
+        trial = study.ask()
+        assert trial.number == number
+        # Samplers are per worker, so the study's own sampler must not be the one asked.
+        sampler = make_sampler(cfg.study.sampler, cfg, worker=number % 7)
+        frozen = study._storage.get_trial(trial._trial_id)
+        sampler.before_trial(study, frozen)
+        grid_id = study._storage.get_trial_system_attrs(trial._trial_id)["grid_id"]
+        points.append(tuple(sampler._all_grids[grid_id]))
+        study.tell(trial, 0.0)
+    assert len(set(points)) == 180
+
+
 def test_grid_needs_categorical_choices() -> None:
     with pytest.raises(ConfigError, match=r"search_space\.wrmf\.factors: the grid sampler"):
         grid_space(_space("{wrmf: {factors: {type: int, low: 8, high: 16}}}"))
