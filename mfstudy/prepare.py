@@ -133,6 +133,9 @@ def write_prepared(p: Prepared, out: str | os.PathLike[str]) -> Path:
     Files go to a temporary sibling folder first, which replaces `out` only once complete.
     """
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        # It would be moved aside and never removed (rmtree skips files).
+        raise DataError(f"{out}: exists and is not a folder; choose another output folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

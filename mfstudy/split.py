@@ -298,13 +298,30 @@ def random_split(full: sp.spmatrix | sp.sparray, test_fraction: float, seed: int
 
 
 def make_split(full: sp.spmatrix | sp.sparray, cfg: SplitConfig, seed: int) -> Split:
-    """Dispatch on `cfg.kind` to the split it configures."""
-    if isinstance(cfg, UserHoldoutSplitConfig):
-        return user_holdout(full, cfg.fraction, cfg.k, cfg.min_interactions, seed=seed)
-    if isinstance(cfg, NewUserSplitConfig):
-        return new_user_split(
-            full, cfg.frac_new_users, cfg.foldin_fraction, cfg.min_interactions, seed=seed
+    """Dispatch on `cfg.kind` to the split it configures.
+
+    A :class:`SplitError` is re-raised prefixed with the `split.*` settings that caused it
+    (and, for the per-user splits, the largest interaction count of any user), so the message
+    names the keys to change rather than only derived numbers such as `>= 800 interactions`.
+    """
+    try:
+        if isinstance(cfg, UserHoldoutSplitConfig):
+            return user_holdout(full, cfg.fraction, cfg.k, cfg.min_interactions, seed=seed)
+        if isinstance(cfg, NewUserSplitConfig):
+            return new_user_split(
+                full, cfg.frac_new_users, cfg.foldin_fraction, cfg.min_interactions, seed=seed
+            )
+        if isinstance(cfg, RandomSplitConfig):
+            return random_split(full, cfg.test_fraction, seed)
+    except SplitError as err:
+        settings = ", ".join(
+            f"split.{key}={value}"
+            for key, value in cfg.model_dump().items()
+            if key != "kind" and value is not None
         )
-    if isinstance(cfg, RandomSplitConfig):
-        return random_split(full, cfg.test_fraction, seed)
+        most = ""
+        if not isinstance(cfg, RandomSplitConfig) and full.shape[0] > 0:
+            counts = np.diff(_as_csr(full).indptr)
+            most = f" (users have at most {int(counts.max()):,} interactions)"
+        raise SplitError(f"{settings}: {err}{most}") from None
     raise TypeError(f"unknown split config {type(cfg).__name__}")

@@ -123,15 +123,29 @@ def _spec(name: str) -> DatasetSpec:
 def dataset_dir(name: str, path: str | os.PathLike[str] | None = None) -> Path:
     """The folder to read dataset `name` from, downloading it into the cache if needed.
 
-    An explicit `path` is returned unchanged without any check, so a missing file is reported
-    by the loader against the folder the user named rather than silently replaced by a download.
+    An explicit `path` is returned unchanged, so a missing file is reported by the loader
+    against the folder the user named rather than silently replaced by a download; only a
+    `path` naming a file (not a folder) is refused here. `$MFSTUDY_DATA_DIR` naming a file is
+    refused too: it is a mistake, not a data folder that merely lacks this dataset.
     """
     if path is not None:
-        return Path(path).expanduser()
+        folder = Path(path).expanduser()
+        if folder.exists() and not folder.is_dir():
+            raise DataError(
+                f"data.path {folder}: is a file, expected the folder holding "
+                f"{', '.join(_spec(name).files)}"
+            )
+        return folder
     spec = _spec(name)
     env = os.environ.get(DATA_DIR_ENV, "").strip()
     if env:
-        candidate = Path(env).expanduser() / spec.folder
+        root = Path(env).expanduser()
+        if root.exists() and not root.is_dir():
+            raise DataError(
+                f"${DATA_DIR_ENV}={env}: is a file, expected a folder holding {spec.folder}/ "
+                f"with {', '.join(spec.files)}"
+            )
+        candidate = root / spec.folder
         if _holds(candidate, spec.files):
             return candidate
     cached = cache_dir() / spec.folder

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pandas.api.types import is_numeric_dtype
+from pandas.api.types import is_integer_dtype, is_numeric_dtype
 
 from mfstudy.config import (
     DataSource,
@@ -81,6 +81,9 @@ def _read_text(path: Path, **kwargs: Any) -> pd.DataFrame:
         raise DataError(
             f"{path}: not valid {enc} text at byte {exc.start}; re-save the file as {enc}"
         ) from None
+    except OSError as exc:
+        # e.g. a file without read permission: exists, so _require_file let it through.
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
 def _header(path: Path, **kwargs: Any) -> list[str]:
@@ -88,22 +91,44 @@ def _header(path: Path, **kwargs: Any) -> list[str]:
     return [str(c) for c in _read_text(path, nrows=0, **kwargs).columns]
 
 
-def _check_columns(path: Path, found: Sequence[str], needed: Sequence[str]) -> None:
+def _check_columns(path: Path, found: Sequence[str], needed: Sequence[str], hint: str = "") -> None:
     missing = [c for c in needed if c not in found]
     if missing:
         what = "column" if len(missing) == 1 else "columns"
         names = ", ".join(repr(c) for c in missing)
         listed = ", ".join(repr(c) for c in found) or "none"
-        raise DataError(f"{path}: {what} {names} not found; columns found: {listed}")
+        raise DataError(f"{path}: {what} {names} not found; columns found: {listed}{hint}")
 
 
-def _read_with_header(path: Path, needed: Sequence[str], **kwargs: Any) -> pd.DataFrame:
+_SEPARATORS = (",", ";", "\t", "|")
+
+
+def _separator_hint(found: Sequence[str], sep: str, sep_key: str | None) -> str:
+    """A hint when the header was read as one column that holds another common separator.
+
+    That is what a file written with `;` looks like when read with `,`: the bare
+    "column not found" would leave the user to work out why.
+    """
+    if len(found) != 1:
+        return ""
+    for other in _SEPARATORS:
+        if other != sep and other in found[0]:
+            fix = f": set {sep_key}={other!r}" if sep_key else ""
+            return f"; the header looks separated by {other!r}, not {sep!r}{fix}"
+    return ""
+
+
+def _read_with_header(
+    path: Path, needed: Sequence[str], sep_key: str | None = None, **kwargs: Any
+) -> pd.DataFrame:
     """Read a file with a header, after checking the header holds the `needed` columns.
 
     Every column is parsed, not only the needed ones: with `usecols` pandas silently accepts
     rows with too many fields, which is how an unquoted separator inside a name shows up.
+    `sep_key` is the config key that sets the separator, named in the hint of a wrong one.
     """
-    _check_columns(path, _header(path, **kwargs), needed)
+    found = _header(path, **kwargs)
+    _check_columns(path, found, needed, _separator_hint(found, kwargs.get("sep", ","), sep_key))
     frame = _read_text(path, **kwargs)
     if len(frame) == 0:
         raise DataError(f"{path}: no data rows (only a header)")
@@ -133,7 +158,7 @@ def _weights(path: Path, col: pd.Series, label: str, rows: str) -> np.ndarray:
         w = num.to_numpy(dtype=np.float64, na_value=np.nan)
     missing = np.isnan(w)
     if missing.any():
-        raise _fail(path, label, rows, missing, "missing weight")
+        raise _fail(path, label, rows, missing, "missing weight (empty or NaN)")
     infinite = np.isinf(w)
     if infinite.any():
         raise _fail(path, label, rows, infinite, f"weight {w[np.argmax(infinite)]} is not finite")
@@ -152,25 +177,45 @@ def _interactions(
     weight: str | None,
     rows: str,
     labels: dict[str, str] | None = None,
+    integer_ids: bool = False,
 ) -> pd.DataFrame:
-    """Validate the id and weight columns of `frame` and return `user`, `item`, `weight`."""
+    """Validate the id and weight columns of `frame` and return `user`, `item`, `weight`.
+
+    With `integer_ids` (the public datasets, whose ids are numbers) every id must be an
+    integer: one stray string would otherwise turn the whole column into text and silently
+    change the ids and their order.
+    """
     labels = labels or {}
 
     def label(c: str) -> str:
         return labels.get(c, f"column {c!r}")
 
+    ids = {}
     for c in (user, item):
         na = frame[c].isna().to_numpy()
         if na.any():
             raise _fail(path, label(c), rows, na, "missing id")
+        ids[c] = _integer_ids(path, frame[c], label(c), rows) if integer_ids else frame[c]
     if weight is None:
         w = np.ones(len(frame), dtype=np.float64)
     else:
         w = _weights(path, frame[weight], label(weight), rows)
-    out = pd.DataFrame(
-        {"user": frame[user].to_numpy(), "item": frame[item].to_numpy(), "weight": w}
-    )
+    out = pd.DataFrame({"user": ids[user].to_numpy(), "item": ids[item].to_numpy(), "weight": w})
     return out
+
+
+def _integer_ids(path: Path, col: pd.Series, label: str, rows: str) -> pd.Series:
+    """An id column (without missing values) as int64, or a DataError on the first non-integer."""
+    if is_integer_dtype(col.dtype):
+        return col.astype(np.int64)
+    num = pd.to_numeric(col, errors="coerce")
+    values = num.to_numpy(dtype=np.float64, na_value=np.nan)
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(values) | (np.floor(values) != values)
+    if bad.any():
+        value = col.iloc[int(np.argmax(bad))]
+        raise _fail(path, label, rows, bad, f"id {value!r} is not an integer")
+    return pd.Series(values.astype(np.int64), index=col.index, name=col.name)
 
 
 def _names(ids: pd.Series, names: pd.Series) -> pd.Series:
@@ -226,7 +271,14 @@ def load_movielens_100k(path: PathLike | None = None) -> RawInteractions:
         "rating": "field 3 (rating)",
     }
     out = _interactions(
-        data, frame, user="user", item="item", weight="rating", rows=_LINES, labels=labels
+        data,
+        frame,
+        user="user",
+        item="item",
+        weight="rating",
+        rows=_LINES,
+        labels=labels,
+        integer_ids=True,
     )
     items = _read_text(
         folder / "u.item",
@@ -248,7 +300,13 @@ def load_movielens_latest_small(path: PathLike | None = None) -> RawInteractions
     ratings = folder / "ratings.csv"
     frame = _read_with_header(ratings, ["userId", "movieId", "rating"], encoding="utf-8")
     out = _interactions(
-        ratings, frame, user="userId", item="movieId", weight="rating", rows=_HEADER_ROWS
+        ratings,
+        frame,
+        user="userId",
+        item="movieId",
+        weight="rating",
+        rows=_HEADER_ROWS,
+        integer_ids=True,
     )
     movies = _read_with_header(folder / "movies.csv", ["movieId", "title"], encoding="utf-8")
     return RawInteractions(
@@ -266,7 +324,13 @@ def load_lastfm_2k(path: PathLike | None = None) -> RawInteractions:
     opts: dict[str, Any] = {"sep": "\t", "quoting": csv.QUOTE_NONE, "encoding": "utf-8"}
     frame = _read_with_header(plays, ["userID", "artistID", "weight"], **opts)
     out = _interactions(
-        plays, frame, user="userID", item="artistID", weight="weight", rows=_HEADER_ROWS
+        plays,
+        frame,
+        user="userID",
+        item="artistID",
+        weight="weight",
+        rows=_HEADER_ROWS,
+        integer_ids=True,
     )
     artists = _read_with_header(folder / "artists.dat", ["id", "name"], **opts)
     return RawInteractions(
@@ -323,7 +387,7 @@ def load_table(source: TableSource) -> RawInteractions:
         rows = _PARQUET_ROWS
     else:
         sep = source.sep if source.sep is not None else ("," if fmt == "csv" else "\t")
-        frame = _read_with_header(p, needed, sep=sep, encoding="utf-8")
+        frame = _read_with_header(p, needed, sep_key="data.sep", sep=sep, encoding="utf-8")
         rows = _HEADER_ROWS
     out = _interactions(
         p, frame, user=source.user_col, item=source.item_col, weight=source.weight_col, rows=rows
