@@ -1,0 +1,416 @@
+"""Bad input through the real `mfstudy` command: one line naming the problem, nothing left over.
+
+Every case runs the installed console script as a subprocess, in an empty working folder, and
+checks what a user sees and what stays on disk:
+
+- exit code 2 (a user error, not a crash) and stderr of exactly one line
+  `mfstudy: error: ...` holding a needle that names the file, key or column at fault;
+- nothing half-written: no prepared data folder, no Optuna journal, no temporary siblings;
+  `prepare` leaves the working folder empty, `study` at most an empty MLflow store
+  (`runs/mlflow.db`, created when tracking is checked, before the data is read), in which no
+  model is registered;
+- nothing downloaded into the (per-test, see conftest.py) dataset cache.
+
+Inputs a case needs (bad CSVs, a MovieLens copy with a stray id, YAML files, a mirror serving a
+wrong archive) are made under `tmp_path/in`, outside the working folder.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import io
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from servers import free_port
+
+from helpers import shared_data_dir
+
+EXE = str(Path(sys.executable).with_name("mfstudy"))
+
+# Tiny synthetic data and one trial for `study`: should a check not fire, the study ends in
+# seconds and the test fails on its exit code instead of training for minutes.
+TINY = ["--set", "data.n_users=300", "--set", "data.n_items=150", "--set",
+        "data.n_interactions=8000"]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Bad:
+    """What a case runs: extra arguments, extra environment and the needle of its message."""
+
+    args: list[str]
+    needle: str
+    env: dict[str, str] | None = None
+
+
+Setup = Callable[[Path, str], Bad]
+"""(input folder, base URL of the test mirror) -> the case."""
+
+CASES: dict[str, tuple[tuple[str, ...], Setup]] = {}
+
+
+def case(*commands: str) -> Callable[[Setup], Setup]:
+    """Register a case under its function name (dashes for underscores) for `commands`."""
+
+    def register(fn: Setup) -> Setup:
+        CASES[fn.__name__.strip("_").replace("_", "-")] = (commands, fn)
+        return fn
+
+    return register
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _table(path: Path, *more: str) -> list[str]:
+    return ["--set", "data.source=table", "--set", f"data.path={path}", *more]
+
+
+# --------------------------------------------------------------------------- data files
+
+
+@case("prepare", "study")
+def _missing_data_file(inp: Path, mirror: str) -> Bad:
+    absent = inp / "absent.csv"
+    return Bad(_table(absent), f"{absent}: file not found")
+
+
+@case("prepare")
+def _wrong_delimiter(inp: Path, mirror: str) -> Bad:
+    path = _write(inp / "semi.csv", "user;item;w\n1;2;3\n2;3;1\n3;1;2\n")
+    return Bad(
+        _table(path, "--set", "data.weight_col=w"),
+        f"{path}: columns 'user', 'item', 'w' not found; columns found: 'user;item;w'; "
+        "the header looks separated by ';', not ',': set data.sep=';'",
+    )
+
+
+@case("prepare")
+def _missing_column(inp: Path, mirror: str) -> Bad:
+    path = _write(inp / "t.csv", "user,item,w\n1,2,3\n2,3,1\n")
+    return Bad(
+        _table(path, "--set", "data.weight_col=rating"),
+        f"{path}: column 'rating' not found; columns found: 'user', 'item', 'w'",
+    )
+
+
+@case("prepare")
+def _negative_weight(inp: Path, mirror: str) -> Bad:
+    path = _write(inp / "t.csv", "user,item,w\n1,2,3\n2,3,-1\n3,1,2\n")
+    return Bad(
+        _table(path, "--set", "data.weight_col=w"),
+        f"{path}: column 'w', data row 2 (1-based, header not counted): negative weight -1",
+    )
+
+
+@case("prepare")
+def _nan_weight(inp: Path, mirror: str) -> Bad:
+    path = _write(inp / "t.csv", "user,item,w\n1,2,3\n2,3,2\n3,1,NaN\n")
+    return Bad(
+        _table(path, "--set", "data.weight_col=w"),
+        f"{path}: column 'w', data row 3 (1-based, header not counted): missing weight",
+    )
+
+
+def _ml100k_with_bad_user(inp: Path) -> Path:
+    """A copy of MovieLens 100k whose 5th rating has the user id `abc` (never the original)."""
+    src = shared_data_dir()
+    if src is None or not (src / "ml-100k" / "u.data").is_file():
+        if os.environ.get("CI"):
+            pytest.fail("real datasets not found: set MFSTUDY_DATA_DIR")
+        pytest.skip("MovieLens 100k not available (set MFSTUDY_DATA_DIR)")
+    folder = inp / "ml-100k"
+    folder.mkdir(parents=True)
+    shutil.copy(src / "ml-100k" / "u.item", folder / "u.item")
+    lines = (src / "ml-100k" / "u.data").read_text().splitlines(keepends=True)
+    lines[4] = "abc" + lines[4][lines[4].index("\t") :]
+    (folder / "u.data").write_text("".join(lines))
+    return folder
+
+
+@case("prepare", "study")
+def _non_numeric_id(inp: Path, mirror: str) -> Bad:
+    folder = _ml100k_with_bad_user(inp)
+    return Bad(
+        ["--set", "data.source=movielens-100k", "--set", f"data.path={folder}"],
+        f"{folder / 'u.data'}: field 1 (user id), line 5: id 'abc' is not an integer",
+    )
+
+
+@case("prepare")
+def _data_path_is_a_file(inp: Path, mirror: str) -> Bad:
+    path = _write(inp / "u.data", "1\t2\t3\t4\n")
+    return Bad(
+        ["--set", "data.source=movielens-100k", "--set", f"data.path={path}"],
+        f"data.path {path}: is a file, expected the folder holding u.data, u.item",
+    )
+
+
+@case("prepare")
+def _data_path_lacks_the_files(inp: Path, mirror: str) -> Bad:
+    folder = inp / "empty"
+    folder.mkdir(parents=True)
+    return Bad(
+        ["--set", "data.source=lastfm-2k", "--set", f"data.path={folder}"],
+        f"{folder / 'user_artists.dat'}: file not found",
+    )
+
+
+@case("prepare")
+def _data_dir_env_is_a_file(inp: Path, mirror: str) -> Bad:
+    path = _write(inp / "datasets.txt", "not a folder\n")
+    return Bad(
+        ["--set", "data.source=movielens-100k"],
+        f"$MFSTUDY_DATA_DIR={path}: is a file, expected a folder holding ml-100k/",
+        env={"MFSTUDY_DATA_DIR": str(path)},
+    )
+
+
+@case("prepare")
+def _data_dir_env_lacks_the_dataset(inp: Path, mirror: str) -> Bad:
+    # Falls through to the cache and a download, which fails (conftest points downloads at a
+    # closed port): the message says which files to put where.
+    folder = inp / "datasets"
+    folder.mkdir(parents=True)
+    return Bad(
+        ["--set", "data.source=movielens-latest-small"],
+        "without network, put ratings.csv, movies.csv into",
+        env={"MFSTUDY_DATA_DIR": str(folder)},
+    )
+
+
+@case("prepare")
+def _unreadable_file(inp: Path, mirror: str) -> Bad:
+    if os.geteuid() == 0:
+        pytest.skip("root reads files whatever their mode")
+    path = _write(inp / "t.csv", "user,item\n1,2\n")
+    path.chmod(0)
+    return Bad(_table(path), f"{path}: cannot read")
+
+
+@case("prepare", "study")
+def _corrupt_download(inp: Path, mirror: str) -> Bad:
+    # No local copy anywhere: the archive comes from the mirror, whose bytes are not the
+    # official archive's.
+    empty = inp / "no-datasets"
+    empty.mkdir(parents=True)
+    return Bad(
+        ["--set", "data.source=movielens-100k"],
+        f"movielens-100k: checksum mismatch for {mirror}/ml-100k.zip: expected sha256 ",
+        env={"MFSTUDY_DATA_DIR": str(empty), "MFSTUDY_DOWNLOAD_BASE": mirror},
+    )
+
+
+# --------------------------------------------------------------------------- thresholds, split
+
+
+@case("prepare")
+def _empty_after_thresholding(inp: Path, mirror: str) -> Bad:
+    return Bad(
+        ["--set", "threshold.min_items_per_user=100000"],
+        "no interactions left after thresholding at 100000 items per user",
+    )
+
+
+@case("prepare", "study")
+def _k_larger_than_any_user(inp: Path, mirror: str) -> Bad:
+    return Bad(
+        ["--set", "split.k=5000"],
+        "split.fraction=0.2, split.k=5000: Not enough users with >= 10000 interactions",
+    )
+
+
+@case("prepare", "study")
+def _fraction_out_of_range(inp: Path, mirror: str) -> Bad:
+    return Bad(
+        ["--set", "split.fraction=1.5"],
+        "<default config>: split.fraction: Input should be less than or equal to 1",
+    )
+
+
+# --------------------------------------------------------------------------- config
+
+
+@case("prepare", "study")
+def _unknown_config_key(inp: Path, mirror: str) -> Bad:
+    return Bad(["--set", "split.kk=3"], "<default config>: split.kk: unknown key")
+
+
+@case("prepare", "study")
+def _config_file_not_found(inp: Path, mirror: str) -> Bad:
+    return Bad([str(inp / "nope.yaml")], f"{inp / 'nope.yaml'}: config file not found")
+
+
+@case("prepare", "study")
+def _yaml_syntax_error(inp: Path, mirror: str) -> Bad:
+    path = _write(inp / "bad.yaml", "name: bad\nsplit:\n  k: [3, 4\n")
+    return Bad([str(path)], f"{path}: not valid YAML at line")
+
+
+@case("study")
+def _unknown_model_family(inp: Path, mirror: str) -> Bad:
+    return Bad(
+        ["--set", "search_space={nope: {}}"],
+        "search_space.nope: unknown model family",
+    )
+
+
+@case("study")
+def _empty_search_space(inp: Path, mirror: str) -> Bad:
+    return Bad(["--set", "search_space={wrmf: {factors: 8}}"], "empty search space")
+
+
+@case("study")
+def _unknown_model_parameter(inp: Path, mirror: str) -> Bad:
+    return Bad(
+        ["--set", "search_space={wrmf: {factorz: {type: int, low: 2, high: 4}}}"],
+        "search_space.wrmf.factorz: not a parameter",
+    )
+
+
+@case("study")
+def _grid_without_choices(inp: Path, mirror: str) -> Bad:
+    return Bad(["--set", "study.sampler.kind=grid"], "grid sampler needs `type: categorical`")
+
+
+@case("study")
+def _invalid_cron(inp: Path, mirror: str) -> Bad:
+    return Bad(["--set", "retrain.schedule.cron=61 3 * * *"], "retrain.schedule.cron")
+
+
+@case("study")
+def _invalid_timezone(inp: Path, mirror: str) -> Bad:
+    return Bad(["--set", "retrain.schedule.timezone=Mars/Base"], "retrain.schedule.timezone")
+
+
+@case("study")
+def _tracking_server_unreachable(inp: Path, mirror: str) -> Bad:
+    uri = f"http://127.0.0.1:{free_port()}"  # bound then released: nothing listens there
+    return Bad(
+        ["--set", f"tracking.uri={uri}"],
+        f"MLflow tracking server at {uri} is unreachable",
+    )
+
+
+@case("prepare")
+def _output_is_a_file(inp: Path, mirror: str) -> Bad:
+    path = _write(inp / "out.txt", "keep me\n")
+    return Bad(["--out", str(path)], f"{path}: exists and is not a folder")
+
+
+# --------------------------------------------------------------------------- the test
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A dataset mirror on 127.0.0.1 serving an `ml-100k.zip` that is not the official one.
+
+    It is a valid archive with the official layout (a tampered or stale mirror), so only the
+    pinned checksum can tell.
+    """
+    root = tmp_path_factory.mktemp("mirror")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("ml-100k/u.data", "1\t10\t4\t881250949\n2\t10\t5\t881250950\n")
+        zf.writestr("ml-100k/u.item", "10|Toy Story (1995)|01-Jan-1995||http://x|0\n")
+    (root / "ml-100k.zip").write_bytes(buf.getvalue())
+    handler = functools.partial(_Quiet, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def _tree(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*")}
+
+
+def _registered_models(db: Path) -> list[str]:
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{db}")
+    return [m.name for m in client.search_registered_models()]
+
+
+# Cases known to leave files behind, with the reason: everything else about them is checked,
+# and the test fails once they leave nothing, so the entry is removed with the fix.
+KNOWN_LEFTOVERS: dict[tuple[str, str], str] = {
+    ("grid-without-choices", "study"): (
+        "open_study writes runs/<name>/data before create_study checks the grid space"
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "command"),
+    [
+        pytest.param(name, command, id=f"{name}-{command}")
+        for name, (commands, _) in CASES.items()
+        for command in commands
+    ],
+)
+def test_bad_input(
+    name: str, command: str, tmp_path: Path, mirror: str, _offline_cache: Path
+) -> None:
+    inp, work = tmp_path / "in", tmp_path / "work"
+    inp.mkdir()
+    work.mkdir()
+    bad = CASES[name][1](inp, mirror)
+    args = [command, *bad.args]
+    if command == "prepare":
+        args += ["--out", "out"] if "--out" not in bad.args else []
+    else:
+        # TINY only for the synthetic source: other sources have no such keys.
+        synthetic = not any(a.startswith("data.source=") for a in bad.args)
+        args += ["--n-trials", "1", *(TINY if synthetic else [])]
+    env = {**os.environ, **(bad.env or {})}
+    res = subprocess.run(
+        [EXE, *args], cwd=work, env=env, capture_output=True, text=True, timeout=300
+    )
+
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("mfstudy: error: "), res.stderr
+    assert bad.needle in lines[0], res.stderr
+    assert res.stdout == ""
+
+    # No model registered: `study` may have created its (empty) MLflow store when it checked
+    # tracking, before reading the data.
+    if (work / "runs" / "mlflow.db").exists():
+        assert _registered_models(work / "runs" / "mlflow.db") == []
+    # Nothing downloaded, not even a partial archive.
+    assert not _offline_cache.exists() or _tree(_offline_cache) == set()
+    # The inputs are as they were (e.g. the file --out pointed at is still there).
+    if name == "output-is-a-file":
+        assert (inp / "out.txt").read_text() == "keep me\n"
+    # Nothing half-written: no data folder, journal or temporary sibling.
+    allowed = {"runs", "runs/mlflow.db"} if command == "study" else set()
+    extra = sorted(_tree(work) - allowed)
+    known = KNOWN_LEFTOVERS.get((name, command))
+    if known is not None:
+        assert extra, f"{name}-{command} leaves nothing now: remove it from KNOWN_LEFTOVERS"
+        pytest.xfail(f"{known}: {extra[:3]}")
+    assert extra == [], extra
