@@ -40,6 +40,7 @@ from tasks import (
     split_task,
     summarize_task,
     threshold_task,
+    warm_up_task,
 )
 
 __all__ = ["artifact_key", "study_flow", "trial_runner", "trials_markdown"]
@@ -95,7 +96,7 @@ def run_trials(session: StudySession, runner: TaskRunner[Any], workers: int) -> 
 
     Each task reserves its trial under the study's lock, so the budget is exact whatever runs
     the tasks; a task returning None means no trial is left to start, so no new one is
-    submitted and the running ones are waited for.
+    submitted and the running ones are waited for. `runner` must already be entered.
     """
     from mfstudy.tuning import load_study
 
@@ -111,42 +112,41 @@ def run_trials(session: StudySession, runner: TaskRunner[Any], workers: int) -> 
     offset = len(study.get_trials(deepcopy=False))
     outcomes: list[TrialOutcome] = []
     slot = 0
-    with runner:
 
-        def submit() -> PrefectFuture[Any]:
-            nonlocal slot
-            slot += 1
-            ctx = replace(session.ctx, worker=offset + slot)
-            return runner.submit(run_trial_task, {"ctx": ctx, "slot": slot})
+    def submit() -> PrefectFuture[Any]:
+        nonlocal slot
+        slot += 1
+        ctx = replace(session.ctx, worker=offset + slot)
+        return runner.submit(run_trial_task, {"ctx": ctx, "slot": slot})
 
-        pending = {submit() for _ in range(workers)}
-        exhausted = False
-        while pending:
-            done, pending = wait(list(pending), timeout=2.0)
-            for fut in done:
-                outcome = fut.result()
-                if outcome is None:
-                    exhausted = True
-                    continue
-                outcomes.append(outcome)
-                if not exhausted:
-                    pending.add(submit())
-            info = progress_info(study, cfg)
-            if progress is not None:
-                update_progress_artifact(
-                    progress, 100.0 * min(1.0, info["finished"] / max(1, info["total"]))
-                )
-            if done:
-                best = "-" if info["best"] is None else f"{info['best']:.5f}"
-                logger.info(
-                    "trials finished %d/%d, best %s %s (pruned %d, failed %d)",
-                    info["finished"],
-                    info["total"],
-                    cfg.metric,
-                    best,
-                    info["pruned"],
-                    info["fail"],
-                )
+    pending = {submit() for _ in range(workers)}
+    exhausted = False
+    while pending:
+        done, pending = wait(list(pending), timeout=2.0)
+        for fut in done:
+            outcome = fut.result()
+            if outcome is None:
+                exhausted = True
+                continue
+            outcomes.append(outcome)
+            if not exhausted:
+                pending.add(submit())
+        info = progress_info(study, cfg)
+        if progress is not None:
+            update_progress_artifact(
+                progress, 100.0 * min(1.0, info["finished"] / max(1, info["total"]))
+            )
+        if done:
+            best = "-" if info["best"] is None else f"{info['best']:.5f}"
+            logger.info(
+                "trials finished %d/%d, best %s %s (pruned %d, failed %d)",
+                info["finished"],
+                info["total"],
+                cfg.metric,
+                best,
+                info["pruned"],
+                info["fail"],
+            )
     return outcomes
 
 
@@ -200,14 +200,20 @@ def study_flow(
     logger = get_run_logger()
     cfg = load_study_config(config, overrides or [], n_trials, workers, timeout)
     start = time.perf_counter()
-    prepared = prepare_data(cfg)
-    session = open_study_task(cfg, prepared)
     runner = trial_runner(task_runner, cfg.study.workers, dask_address)
-    try:
-        run_trials(session, runner, cfg.study.workers)
-    except BaseException:
-        end_study_task(session, "interrupted")
-        raise
+    with runner:
+        # Trial processes start and warm up while the data is prepared, not after.
+        warm = [
+            runner.submit(warm_up_task, {"cfg": cfg, "slot": i}) for i in range(cfg.study.workers)
+        ]
+        prepared = prepare_data(cfg)
+        session = open_study_task(cfg, prepared)
+        wait(warm)
+        try:
+            run_trials(session, runner, cfg.study.workers)
+        except BaseException:
+            end_study_task(session, "interrupted")
+            raise
     try:
         best, counts, table = summarize_task(session)
         model = retrain_best_task(session, best)

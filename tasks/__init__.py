@@ -16,6 +16,7 @@ from tasks.study import (
     run_trial_task,
     similarities_task,
     summarize_task,
+    warm_up_task,
 )
 
 __all__ = [
@@ -31,4 +32,5 @@ __all__ = [
     "split_task",
     "summarize_task",
     "threshold_task",
+    "warm_up_task",
 ]
