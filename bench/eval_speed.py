@@ -1,6 +1,6 @@
 """Per-epoch evaluation speed: `mfstudy.metrics.evaluate` against the blog's recipe and ALS.
 
-Run from the repo root:  python bench/eval_speed.py [--reps N]
+Run from the repo root:  python bench/eval_speed.py [--reps N] [--quick] [--json]
 
 Data: (a) lastfm-2k as binary likes, 5/5 iterative k-core ($MFSTUDY_DATA_DIR/lastfm-2k, default
 ../shared/data beside the repo); (b) a seeded synthetic matrix the size of the blog's
@@ -10,7 +10,9 @@ popularity). Both use the blog's holdout: 20% of users, 5 test items each, k = 5
 For each, implicit's CPU ALS (40 factors, 1 BLAS thread) is timed for one epoch, then one epoch's
 evaluation (train + test p@5 and MSE over the held-out users) is timed both ways. Numbers are
 checked to agree (exclude_seen=False, the blog's protocol). Prints a table; asserts nothing.
-Goal (issue "Foundation"): recipe / ours >= 20 and ours / ALS epoch <= 1/4.
+Goal (issue "Foundation"): recipe / ours >= 20 and ours / ALS epoch <= 1/4. `--quick`: lastfm-2k
+only, 2 repetitions (a smoke run); `--json`: the headline ratios as a last JSON line (see
+bench/run_all.py).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
 from _recipe import evaluate_epoch, train_test_split  # noqa: E402
+from run_all import emit, row  # noqa: E402
 
 from mfstudy.metrics import evaluate  # noqa: E402
 
@@ -98,7 +101,13 @@ def best_of(fn: Callable[[], object], reps: int) -> tuple[float, object]:
     return best, out
 
 
-def bench(name: str, ratings: sp.csr_matrix, reps: int, rng: np.random.Generator) -> list[str]:
+def bench(
+    name: str,
+    ratings: sp.csr_matrix,
+    reps: int,
+    rng: np.random.Generator,
+    numbers: list[dict[str, float | str]] | None = None,
+) -> list[str]:
     from implicit.cpu.als import AlternatingLeastSquares
 
     train, test, user_index = train_test_split(ratings, split_count=5, fraction=0.2, rng=rng)
@@ -140,6 +149,18 @@ def bench(name: str, ratings: sp.csr_matrix, reps: int, rng: np.random.Generator
             for key in recipe
             if not np.isclose(ours[key], recipe[key], rtol=1e-5, atol=0)
         )
+        if numbers is not None:
+            numbers.append(
+                {
+                    "data": name,
+                    "epochs": epochs,
+                    "recipe_over_ours": t_recipe / t_ours,
+                    "ours_over_als": t_ours / als_times[0],
+                    "ours_over_als_1": t_ours / als_times[1],
+                    "excl_over_als": t_seen / als_times[0],
+                    "excl_over_als_1": t_seen / als_times[1],
+                }
+            )
         rows.append(
             f"| {name} | {epochs} | {1e3 * als_times[0]:.0f} / {1e3 * als_times[1]:.0f} "
             f"| {1e3 * t_recipe:.0f} | {1e3 * t_ours:.1f} | {1e3 * t_seen:.1f} "
@@ -154,19 +175,66 @@ def bench(name: str, ratings: sp.csr_matrix, reps: int, rng: np.random.Generator
     return rows
 
 
-def main() -> None:
+def headline(numbers: list[dict[str, float | str]], quick: bool) -> list[dict]:
+    """Per data set, the worst case over the epochs of each ratio (see bench/run_all.py)."""
+    out = []
+    prefix = "quick: smoke run, not a result; " if quick else ""
+    for data in dict.fromkeys(str(n["data"]) for n in numbers):
+        mine = [n for n in numbers if n["data"] == data]
+        epochs = " and ".join(str(n["epochs"]) for n in mine)
+
+        def worst(key: str, fn: Callable[..., float], mine: list = mine) -> float:
+            return fn(float(n[key]) for n in mine)
+
+        out += [
+            row(
+                "eval_speed",
+                f"recipe / ours evaluation time, {data}",
+                worst("recipe_over_ours", min),
+                "the blog's evaluation (dense scores, argsort per user), same factors",
+                ">= 20",
+                note=f"{prefix}worst of {epochs} epochs",
+            ),
+            row(
+                "eval_speed",
+                f"ours / one ALS epoch (all threads), {data}",
+                worst("ours_over_als", max),
+                "one implicit ALS epoch at 40 factors",
+                "<= 0.25",
+                note=f"{prefix}worst of {epochs} epochs; 1-thread ALS epoch: "
+                f"{worst('ours_over_als_1', max):.2f}",
+            ),
+            row(
+                "eval_speed",
+                f"ours with training items excluded / one ALS epoch, {data}",
+                worst("excl_over_als", max),
+                "one implicit ALS epoch at 40 factors (all threads)",
+                "<= 0.25",
+                note=f"{prefix}worst of {epochs} epochs; the shipped configs exclude them; "
+                f"1-thread ALS epoch: {worst('excl_over_als_1', max):.2f}",
+            ),
+        ]
+    return out
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--reps", type=int, default=5, help="timing repetitions (best kept)")
-    args = parser.parse_args()
+    parser.add_argument("--reps", type=int, default=None, help="timing repetitions (best kept)")
+    parser.add_argument("--quick", action="store_true", help="lastfm-2k only, 2 reps: smoke run")
+    parser.add_argument("--json", action="store_true", help="print the rows as a last JSON line")
+    args = parser.parse_args(argv)
+    reps = args.reps if args.reps is not None else (2 if args.quick else 5)
     rng = np.random.default_rng(SEED)
+    numbers: list[dict[str, float | str]] = []
     with threadpool_limits(limits=1, user_api="blas"):
         # Warm the JIT caches so compilation is not timed.
         tiny = sp.csr_matrix(np.eye(4, dtype=np.float32))
         evaluate(np.ones((4, 2)), np.ones((4, 2)), tiny, tiny, np.arange(4), 2)
         evaluate(np.ones((4, 2), np.float32), np.ones((4, 2), np.float32), tiny, tiny, [0], 2)
         rows = []
-        rows += bench("lastfm-2k", lastfm(), args.reps, rng)
-        rows += bench("sketchfab-like (synthetic)", sketchfab_like(rng), args.reps, rng)
+        rows += bench("lastfm-2k", lastfm(), reps, rng, numbers)
+        if not args.quick:
+            rows += bench("sketchfab-like (synthetic)", sketchfab_like(rng), reps, rng, numbers)
     print(
         "\nTimes in ms (best of reps). ALS epoch: implicit CPU ALS, 40 factors, all cores / "
         "1 thread.\nours: mfstudy.metrics.evaluate (exclude_seen=False as the blog; 'ours+excl' "
@@ -177,8 +245,16 @@ def main() -> None:
         "| recipe/ours | ours/ALS (all/1 thr) | numbers |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
-    for row in rows:
-        print(row)
+    for line in rows:
+        print(line)
+    out = headline(numbers, args.quick)
+    if args.json:
+        emit(out)
+    return out
+
+
+def run(quick: bool = False) -> list[dict]:
+    return main(["--quick"] if quick else [])
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Explicit-rating models against `matrix-factorization` (KernelMF, BaselineModel) and Surprise.
 
-Run from the repo root:  python bench/explicit_speed.py [--seeds N] [--data-dir DIR]
+Run from the repo root:  python bench/explicit_speed.py [--seeds N] [--data-dir DIR] [--quick]
 
 Data: MovieLens 100k `u.data` ($MFSTUDY_DATA_DIR/ml-100k, default ../shared/data beside the
 repo), one seeded 80/20 random split of the ratings shared by every system. Users and items are
@@ -25,6 +25,9 @@ in a subprocess with an empty NUMBA_CACHE_DIR (first fit minus second fit). Asse
 Targets (issue "Models"): RMSE equal or better than the package at the same settings; SGD at
 100 factors x 20 epochs >= 5x faster than KernelMF and than Surprise SVD; ALS no slower than
 BaselineModel als.
+
+`--quick`: one seed, no compile probe (a smoke run); `--json`: the headline ratios as a last
+JSON line (see bench/run_all.py).
 """
 
 from __future__ import annotations
@@ -46,6 +49,10 @@ import pandas as pd
 import scipy.sparse as sp
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+from run_all import emit, row  # noqa: E402
+
 SPLIT_SEED = 42
 LO, HI = 1.0, 5.0
 
@@ -239,16 +246,20 @@ def version(dist: str) -> str:
         return "not installed"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--seeds", type=int, default=3, help="model seeds per system (RMSE mean)")
+    ap.add_argument("--seeds", type=int, default=None, help="model seeds per system (default 3)")
+    ap.add_argument("--quick", action="store_true", help="1 seed, no compile probe: smoke run")
+    ap.add_argument("--json", action="store_true", help="print the rows as a last JSON line")
     ap.add_argument("--compile-probe", default=None, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    if args.seeds is None:
+        args.seeds = 1 if args.quick else 3
     folder = data_dir(args.data_dir)
     if args.compile_probe:
         compile_probe(folder, args.compile_probe)
-        return
+        return []
 
     import numba
 
@@ -260,7 +271,8 @@ def main() -> None:
         f"{d} {version(d)}" for d in ("numpy", "numba", "pandas", "matrix-factorization",
                                       "scikit-surprise")))  # fmt: skip
 
-    compile_info = compile_times(folder)
+    nan = {"first": float("nan"), "second": float("nan")}
+    compile_info = {n: nan for n in OURS} if args.quick else compile_times(folder)
     pairs = {
         "kmf": "SGDMF kmf",
         "svd": "SGDMF surprise",
@@ -311,6 +323,59 @@ def main() -> None:
     print("fit: median warm fit seconds; 1st: first fit in this process (package numba code "
           "compiles here; ours loads its on-disk cache); compile: our first minus second fit "
           "with an empty NUMBA_CACHE_DIR")  # fmt: skip
+    out = headline(ours, theirs, args.seeds, args.quick)
+    if args.json:
+        emit(out)
+    return out
+
+
+def headline(
+    ours: dict[str, Result], theirs: dict[str, Result | str], seeds: int, quick: bool
+) -> list[dict]:
+    """Fit-time ratios with the issue's goals, and RMSE ours / theirs (see bench/run_all.py)."""
+    prefix = "quick: smoke run, not a result; " if quick else ""
+    pairs = [
+        ("KernelMF", "kmf", "SGDMF kmf", ">= 5", "100 factors, 20 epochs, lr .001, reg .005"),
+        ("Surprise SVD", "svd", "SGDMF surprise", ">= 5", "100 factors, 20 epochs, defaults"),
+        ("BaselineModel als", "bl-als", "Baseline als", ">= 1", "reg .5, 20 epochs"),
+        ("BaselineModel sgd", "bl-sgd", "Baseline sgd", None, "lr .01, reg .005, 20 epochs"),
+    ]
+    out = []
+    for label, key, mine, goal, settings in pairs:
+        t, o = theirs.get(key), ours[mine]
+        if not isinstance(t, Result):
+            out.append(row("explicit_speed", f"{label} / {mine} fit time", None, label,
+                           goal, None, f"{prefix}{label}: {t}"))  # fmt: skip
+            continue
+        out.append(
+            row(
+                "explicit_speed",
+                f"{label} fit / {mine} fit (median warm)",
+                t.warm / o.warm,
+                f"{label}, same settings ({settings}), ML-100k 80/20",
+                goal,
+                note=f"{prefix}{t.warm:.3f} s vs {o.warm:.3f} s",
+            )
+        )
+        # "Equal or better" within seed noise: ours may exceed theirs by at most the larger sd.
+        slack = max(o.rmse_sd, t.rmse_sd)
+        out.append(
+            row(
+                "explicit_speed",
+                f"RMSE {mine} / {label}",
+                o.rmse / t.rmse,
+                f"{label}'s test RMSE, same split and settings",
+                "<= 1 (within seed sd)",
+                met=o.rmse <= t.rmse + slack,
+                note=f"{prefix}{o.rmse:.4f} vs {t.rmse:.4f}, mean of {seeds} seed(s), "
+                f"sd {slack:.4f}",
+            )
+        )
+    return out
+
+
+def run(quick: bool = False) -> list[dict]:
+    return main(["--quick"] if quick else [])
 
 
 if __name__ == "__main__":

@@ -14,6 +14,10 @@ Reported: best test p@5 and the epochs trained (a pruned trial counts the epochs
 goal: TPE with pruning reaches the grid's best p@5 with at most 20% of the grid's epochs.
 
     python bench/search_efficiency.py [--tpe-trials 50] [--seeds 0 1 2] [--workers 2]
+
+`--quick`: the first 12 grid points and 6 TPE trials of seed 0 (a smoke run: the share of
+epochs then means nothing); `--json`: the headline ratios as a last JSON line (see
+bench/run_all.py).
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+from run_all import emit, row  # noqa: E402
 
 
 def run_search(config: Path, overrides: list[str], workers: int) -> dict[str, float]:
@@ -63,26 +70,39 @@ def run_search(config: Path, overrides: list[str], workers: int) -> dict[str, fl
             "best_epoch": best.user_attrs["best_epoch"],
             "epochs": int(epochs),
             "trials": len(trials),
+            # A grid must visit each point once; fewer distinct points means repeats.
+            "distinct": len({tuple(sorted(t.params.items())) for t in trials}),
             "pruned": int(pruned),
             "seconds": seconds,
             "holdout": holdout_fingerprint(prepared),
         }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--tpe-trials", type=int, default=50)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--tpe-trials", type=int, default=None, help="default 50, quick 6")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2, quick 0")
     ap.add_argument("--workers", type=int, default=2)
-    args = ap.parse_args()
+    ap.add_argument("--grid-trials", type=int, default=None, help="default: all 180 points")
+    ap.add_argument("--quick", action="store_true", help="12 grid points, 6 TPE trials, 1 seed")
+    ap.add_argument("--json", action="store_true", help="print the rows as a last JSON line")
+    args = ap.parse_args(argv)
+    if args.tpe_trials is None:
+        args.tpe_trials = 6 if args.quick else 50
+    if args.seeds is None:
+        args.seeds = [0] if args.quick else [0, 1, 2]
+    if args.grid_trials is None and args.quick:
+        args.grid_trials = 12
     os.environ.setdefault("MFSTUDY_DATA_DIR", str(REPO.parent / "shared" / "data"))
     common = ["evaluation.exclude_seen=true"]
+    grid_over = [] if args.grid_trials is None else [f"study.n_trials={args.grid_trials}"]
 
     print(f"cores: {os.cpu_count()}, workers: {args.workers}", flush=True)
-    grid = run_search(REPO / "configs" / "recipe.yaml", common, args.workers)
+    grid = run_search(REPO / "configs" / "recipe.yaml", [*common, *grid_over], args.workers)
     print(
         f"grid: best p@5 {grid['best']:.4f} ({grid['best_params']}, epoch {grid['best_epoch']})"
-        f", {grid['epochs']} epochs, {grid['trials']} trials, {grid['seconds']:.0f}s",
+        f", {grid['epochs']} epochs, {grid['trials']} trials ({grid['distinct']} distinct points)"
+        f", {grid['seconds']:.0f}s",
         flush=True,
     )
     rows = []
@@ -104,7 +124,8 @@ def main() -> None:
     print("| search | best test p@5 | epochs trained | share of grid epochs | wall time |")
     print("|---|---|---|---|---|")
     print(
-        f"| grid (180 points x 38 epochs) | {grid['best']:.4f} | {grid['epochs']} | 100% | "
+        f"| grid ({grid['trials']} points x 38 epochs) | {grid['best']:.4f} | {grid['epochs']} | "
+        "100% | "
         f"{grid['seconds']:.0f}s |"
     )
     for seed, r in zip(args.seeds, rows, strict=True):
@@ -113,6 +134,27 @@ def main() -> None:
             f"{r['epochs'] / grid['epochs']:.1%} | {r['seconds']:.0f}s |"
         )
     sys.stdout.flush()
+    quick = "quick: smoke run, not a result; " if args.quick else ""
+    out = [
+        row(
+            "search_efficiency",
+            f"epochs trained, TPE + hyperband (seed {seed}) / grid",
+            r["epochs"] / grid["epochs"],
+            f"the blog's grid ({grid['trials']} points x 38 epochs) on the same lastfm-2k split",
+            "<= 0.20 (and best p@5 >= the grid's)",
+            met=r["epochs"] / grid["epochs"] <= 0.20 and r["best"] >= grid["best"],
+            note=f"{quick}best test p@5 {r['best']:.4f} vs grid {grid['best']:.4f}; "
+            f"{r['seconds']:.0f} s vs {grid['seconds']:.0f} s",
+        )
+        for seed, r in zip(args.seeds, rows, strict=True)
+    ]
+    if args.json:
+        emit(out)
+    return out
+
+
+def run(quick: bool = False) -> list[dict]:
+    return main(["--quick"] if quick else [])
 
 
 if __name__ == "__main__":

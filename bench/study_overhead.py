@@ -8,6 +8,9 @@ backend, started here), once without tracking. Prints both wall times and the ov
 Goal: tracking adds at most 5% to the study's wall time.
 
     python bench/study_overhead.py [--trials 8] [--repeats 3]
+
+`--quick`: 2 trials, once (a smoke run); `--json`: the headline ratio as a last JSON line (see
+bench/run_all.py).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "bench"))
+from run_all import emit, row  # noqa: E402
 from servers import MlflowServer  # noqa: E402
 
 # The shipped lastfm-2k study (its search space, 38 epochs evaluated every 2) with pruning off,
@@ -53,11 +58,17 @@ def one_study(tmp: Path, trials: int, uri: str | None) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--trials", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
+    ap.add_argument("--trials", type=int, default=None, help="default 8, quick 2")
+    ap.add_argument("--repeats", type=int, default=None, help="default 3, quick 1")
+    ap.add_argument("--quick", action="store_true", help="2 trials, once: smoke run")
+    ap.add_argument("--json", action="store_true", help="print the rows as a last JSON line")
+    args = ap.parse_args(argv)
+    if args.trials is None:
+        args.trials = 2 if args.quick else 8
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 3
     os.environ.setdefault("MFSTUDY_DATA_DIR", str(REPO.parent / "shared" / "data"))
     with tempfile.TemporaryDirectory() as root:
         server = MlflowServer(Path(root) / "server").start()
@@ -76,6 +87,27 @@ def main() -> None:
     b, t = min(bare), min(tracked)
     print(f"\ncores {os.cpu_count()}, {args.trials} trials x 38 epochs, evaluated every 2")
     print(f"bare {b:.2f}s | with MLflow {t:.2f}s | overhead {100 * (t / b - 1):+.1f}%")
+    quick = "quick: smoke run, not a result; " if args.quick else ""
+    rows = [
+        row(
+            "study_overhead",
+            "study with MLflow tracking / without (wall time, best of each)",
+            t / b,
+            f"the same {args.trials} lastfm-2k trials (38 epochs, no pruning, 1 worker) untracked",
+            "<= 1.05",
+            note=f"{quick}{t:.2f} s vs {b:.2f} s, best of {args.repeats}; runs: tracked "
+            + " ".join(f"{x:.1f}" for x in tracked)
+            + ", bare "
+            + " ".join(f"{x:.1f}" for x in bare),
+        )
+    ]
+    if args.json:
+        emit(rows)
+    return rows
+
+
+def run(quick: bool = False) -> list[dict]:
+    return main(["--quick"] if quick else [])
 
 
 if __name__ == "__main__":

@@ -6,10 +6,13 @@ Not a test (no timing assertions anywhere): run it by hand against a real local 
 
 It starts `mlflow server` on a temporary SQLite store, logs 3 runs x 5 metrics x 20 epochs
 both ways (each way timed from run creation to run end, on fresh runs), and prints wall times.
+`--quick`: 5 epochs, one repeat (a smoke run); `--json`: the headline ratio as a last JSON line
+(see bench/run_all.py).
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 import tempfile
@@ -20,6 +23,8 @@ from mlflow import MlflowClient
 
 # The server helper of the tests starts and stops a real `mlflow server`.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_all import emit, row
 from servers import MlflowServer
 
 from mfstudy.tracking import TrialRun, start_study
@@ -54,7 +59,14 @@ def naive(uri: str, exp_id: str, parent: str) -> float:
     return time.perf_counter() - t0
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
+    global EPOCHS, REPEATS
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="5 epochs, one repeat: smoke run")
+    ap.add_argument("--json", action="store_true", help="print the rows as a last JSON line")
+    args = ap.parse_args(argv)
+    if args.quick:
+        EPOCHS, REPEATS = 5, 1
     with tempfile.TemporaryDirectory() as tmp:
         server = MlflowServer(Path(tmp)).start()
         try:
@@ -72,6 +84,25 @@ def main() -> None:
     print(f"batched TrialRun (log_batch every 10 epochs): {statistics.median(b):.3f} s  {b}")
     print(f"naive log_metric per value:                   {statistics.median(n):.3f} s  {n}")
     print(f"speed-up: {statistics.median(n) / statistics.median(b):.1f}x")
+    quick = "quick: smoke run, not a result; " if args.quick else ""
+    rows = [
+        row(
+            "tracking_overhead",
+            "one log_metric call per value / batched TrialRun (wall time)",
+            statistics.median(n) / statistics.median(b),
+            f"the same {values} values logged to a local mlflow server one call each",
+            None,
+            note=f"{quick}{RUNS} runs x {METRICS} metrics x {EPOCHS} epochs, median of "
+            f"{REPEATS}: {statistics.median(n):.3f} s vs {statistics.median(b):.3f} s",
+        )
+    ]
+    if args.json:
+        emit(rows)
+    return rows
+
+
+def run(quick: bool = False) -> list[dict]:
+    return main(["--quick"] if quick else [])
 
 
 if __name__ == "__main__":

@@ -8,12 +8,16 @@ the best of `--repeats` is compared. The two fits must end with identical factor
 that they did the same work.
 
     python bench/wrmf_overhead.py [--factors 64] [--iterations 15] [--repeats 5]
+
+`--quick`: 5 iterations, 2 repeats (a smoke run); `--json`: the headline ratio as a last JSON
+line (see bench/run_all.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -26,6 +30,9 @@ from threadpoolctl import threadpool_limits
 from mfstudy.models.wrmf import WRMF, _all_finite, _as_weights, hkv_confidence
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+from run_all import emit, row  # noqa: E402
 
 
 def lastfm_likes() -> sp.csr_matrix:
@@ -84,15 +91,21 @@ def wrapper_own_work(likes: sp.csr_matrix, model: WRMF, iterations: int) -> floa
     return time.perf_counter() - start
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--factors", type=int, default=64)
-    parser.add_argument("--iterations", type=int, default=15)
+    parser.add_argument("--iterations", type=int, default=None, help="default 15, quick 5")
     parser.add_argument("--regularization", type=float, default=0.01)
     parser.add_argument("--alpha", type=float, default=1.0)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=None, help="default 5, quick 2")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="5 iterations, 2 repeats")
+    parser.add_argument("--json", action="store_true", help="print the rows as a last JSON line")
+    args = parser.parse_args(argv)
+    if args.iterations is None:
+        args.iterations = 5 if args.quick else 15
+    if args.repeats is None:
+        args.repeats = 2 if args.quick else 5
 
     likes = lastfm_likes()
     conf = likes.copy()
@@ -122,6 +135,26 @@ def main() -> None:
     )
     own = min(wrapper_own_work(likes, model, args.iterations) for _ in range(args.repeats))
     print(f"wrapper's own work alone: {1000 * own:.1f} ms = {100 * own / best_bare:.2f}% of bare")
+    quick = "quick: smoke run, not a result; " if args.quick else ""
+    rows = [
+        row(
+            "wrmf_overhead",
+            "WRMF fit / bare implicit fit (best of each)",
+            best_wrmf / best_bare,
+            f"implicit ALS alone, same confidence, seed, {args.factors} factors x "
+            f"{args.iterations} iterations, same final factors",
+            "<= 1.05",
+            note=f"{quick}lastfm-2k likes, best of {args.repeats}; {best_bare:.3f} s vs "
+            f"{best_wrmf:.3f} s; wrapper's own work {1000 * own:.1f} ms",
+        )
+    ]
+    if args.json:
+        emit(rows)
+    return rows
+
+
+def run(quick: bool = False) -> list[dict]:
+    return main(["--quick"] if quick else [])
 
 
 if __name__ == "__main__":
