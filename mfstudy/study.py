@@ -37,6 +37,7 @@ from mfstudy.tuning import (
     optuna_figures,
     run_trial,
     run_workers,
+    study_lock,
     threads_per_worker,
     trials_table,
 )
@@ -245,9 +246,12 @@ def register_model(
     holdout = holdout_fingerprint(prepared)
     version = log_model_version(model, prepared, run_id, uri, name, best.value, holdout)
     try:
-        promoted = tracking.set_champion_if_better(
-            uri, name, version, best.value, cfg.direction == "maximize", holdout=holdout
-        )
+        # Read-compare-move is not atomic in the registry: two processes of one study closing
+        # at once could both read the old champion and the worse one move the alias last.
+        with study_lock(cfg):
+            promoted = tracking.set_champion_if_better(
+                uri, name, version, best.value, cfg.direction == "maximize", holdout=holdout
+            )
     except tracking.HoldoutMismatchError as exc:
         # A champion scored on other data: only the retraining flow, which re-scores both on
         # one fresh holdout, may replace it.
@@ -295,23 +299,32 @@ def open_study(cfg: StudyConfig, prepared: Prepared | None = None) -> StudySessi
 
     if prepared is None:
         prepared = prepare(cfg)
-    data_dir = write_prepared(prepared, root / cfg.name / "data")
-    study, spec = create_study(cfg)
-    parent = tracking.start_study(
-        uri,
-        cfg.tracking.experiment or cfg.name,
-        cfg.name,
-        cfg.model_dump(mode="json"),
-        prepared.stats,
-        data_dir / "stats.json",
-    )
     spool = root / cfg.name / "mlflow-spool"
-    for t in fail_stale_trials(study):
-        log.warning("trial %d was left running by a crashed worker: marked failed", t.number)
-        run_id = t.user_attrs.get("mlflow_run_id")
-        if run_id:
-            tracking.fail_run(uri, run_id, "worker crashed; marked failed on resume")
-    tracking.replay_spool(uri, spool)
+    # Several processes may open one study at once (`mfstudy study` started twice, or on a
+    # schedule); unserialised they swap the prepared folder under each other's feet, both
+    # create a parent run, and both replay (so duplicate) the same spooled trial runs.
+    with study_lock(cfg):
+        data_dir = write_prepared(prepared, root / cfg.name / "data")
+        study, spec = create_study(cfg)
+        parent = tracking.start_study(
+            uri,
+            cfg.tracking.experiment or cfg.name,
+            cfg.name,
+            cfg.model_dump(mode="json"),
+            prepared.stats,
+            data_dir / "stats.json",
+        )
+        for t in fail_stale_trials(study, cfg):
+            log.warning("trial %d was left running by a crashed worker: marked failed", t.number)
+            tracking.fail_trial_run(
+                uri,
+                parent.experiment_id,
+                parent.run_id,
+                t.number,
+                t.user_attrs.get("mlflow_run_id"),
+                "worker crashed; marked failed on resume",
+            )
+        _replay_spool(uri, spool)
 
     threads = threads_per_worker(cfg, cfg.study.workers)
     ctx = TrialContext(
@@ -344,7 +357,8 @@ def summarize_study(session: StudySession) -> tuple[BestTrial, dict[str, int], l
     from mfstudy import tracking
 
     cfg, uri = session.cfg, session.uri
-    tracking.replay_spool(uri, session.spool)
+    with study_lock(cfg):
+        _replay_spool(uri, session.spool)
     study, _ = create_study(cfg)
     n = counts(study)
     best = best_trial(study, cfg)
@@ -369,6 +383,38 @@ def summarize_study(session: StudySession) -> tuple[BestTrial, dict[str, int], l
     return best, n, table
 
 
+def _replay_spool(uri: str, spool: Path) -> None:
+    """Send the trial records spooled during a tracking outage; say so if some still fail."""
+    from mfstudy import tracking
+
+    report = tracking.replay_spool(uri, spool)
+    if report.failed:
+        reasons = "; ".join(sorted(set(report.failed.values())))
+        log.warning(
+            "%d spooled trial record(s) could not be sent to %s (%s): kept in %s, sent on the "
+            "next run",
+            len(report.failed),
+            uri,
+            reasons[:300],
+            spool,
+        )
+
+
+def _check_tracking(session: StudySession) -> None:
+    """Before closing: a tracking server gone since the trials started is one clear error
+    (nothing registered, where the trials' records wait) instead of minutes of retries."""
+    from mfstudy import tracking
+
+    try:
+        tracking.check_reachable(session.uri)
+    except tracking.TrackingError as exc:
+        waiting = len(list(session.spool.glob("*.json"))) if session.spool.is_dir() else 0
+        raise tracking.TrackingError(
+            f"{exc}; the trials are done but nothing was registered, and {waiting} trial "
+            f"record(s) wait in {session.spool}; re-run the same command once the server is back"
+        ) from None
+
+
 def end_study(session: StudySession, state: str) -> None:
     """End the parent run: `complete`, `failed` or `interrupted` (resumable)."""
     from mfstudy import tracking
@@ -376,10 +422,22 @@ def end_study(session: StudySession, state: str) -> None:
     tracking.finish_study(session.uri, session.parent_run_id, state)  # type: ignore[arg-type]
 
 
+def _end_after_error(session: StudySession, state: str) -> None:
+    """End the parent run while an error is on its way out: a tracking failure here (the
+    server may be what failed) is logged, so it does not replace that error."""
+    from mfstudy import tracking
+
+    try:
+        end_study(session, state)
+    except tracking.TrackingError as exc:
+        log.warning("%s", exc)
+
+
 def close_study(session: StudySession) -> StudyResult:
     """Everything after the last trial: pick the best, log the study's artifacts, retrain the
     best on the full data, register it and end the parent run (FAILED if any of it fails)."""
     try:
+        _check_tracking(session)
         best, n, _ = summarize_study(session)
         name, version, promoted = register_best(
             session.cfg,
@@ -390,7 +448,7 @@ def close_study(session: StudySession) -> StudyResult:
             session.threads,
         )
     except BaseException:
-        end_study(session, "failed")
+        _end_after_error(session, "failed")
         raise
     end_study(session, "complete")
     return StudyResult(
@@ -407,7 +465,7 @@ def close_study(session: StudySession) -> StudyResult:
 
 def interrupt_study(session: StudySession) -> None:
     """End the parent run KILLED (the trials were interrupted; a re-run resumes them)."""
-    end_study(session, "interrupted")
+    _end_after_error(session, "interrupted")
 
 
 def run_study(
@@ -449,12 +507,13 @@ def one_trial(ctx: TrialContext) -> TrialOutcome | None:
     from mfstudy.tuning import load_study, quiet, reserve_trial
 
     quiet()
-    stamp = (ctx.prepared_dir / "stats.json").stat().st_mtime_ns
-    key = (str(ctx.prepared_dir), stamp)
-    prepared = _PREPARED_CACHE.get(key)
-    if prepared is None:
-        _PREPARED_CACHE.clear()
-        prepared = _PREPARED_CACHE[key] = read_prepared(ctx.prepared_dir)
+    with study_lock(ctx.config, shared=True):  # not while another process rewrites it
+        stamp = (ctx.prepared_dir / "stats.json").stat().st_mtime_ns
+        key = (str(ctx.prepared_dir), stamp)
+        prepared = _PREPARED_CACHE.get(key)
+        if prepared is None:
+            _PREPARED_CACHE.clear()
+            prepared = _PREPARED_CACHE[key] = read_prepared(ctx.prepared_dir)
     study = load_study(ctx)
     trial = reserve_trial(study, ctx)
     if trial is None:

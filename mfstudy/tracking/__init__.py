@@ -42,7 +42,14 @@ if TYPE_CHECKING:
         set_champion_if_better,
     )
     from mfstudy.tracking._recommender import LoadedRecommender
-    from mfstudy.tracking._study import StudyRun, fail_run, finish_study, log_file, start_study
+    from mfstudy.tracking._study import (
+        StudyRun,
+        fail_run,
+        fail_trial_run,
+        finish_study,
+        log_file,
+        start_study,
+    )
     from mfstudy.tracking._transport import FailurePolicy, check_reachable
     from mfstudy.tracking._trial import ReplayReport, TrialEnd, TrialRun, replay_spool
 
@@ -61,6 +68,7 @@ __all__ = [
     "UnknownIdError",
     "check_reachable",
     "fail_run",
+    "fail_trial_run",
     "finish_study",
     "learning_curve_figure",
     "load_recommender",
@@ -90,6 +98,7 @@ _LAZY = {
     "StudyRun": "_study",
     "finish_study": "_study",
     "fail_run": "_study",
+    "fail_trial_run": "_study",
     "log_file": "_study",
     "start_study": "_study",
     "FailurePolicy": "_transport",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -186,7 +187,12 @@ def log_study_artifacts(
         if best_number is not None:
             tags.append(RunTag("mfstudy.best_trial", str(int(best_number))))
         if best.get("value") is not None:
-            metrics.append(Metric("best_value", float(best["value"]), 0, 0))
+            # Stamped with the time, not 0: a study closed again (resumed with a larger
+            # budget, or closed by several processes) logs another best value, and two
+            # values of one key at the same (timestamp, step) make MLflow's copy of the run's
+            # metrics into the logged model fail (UNIQUE constraint), so nothing registers.
+            now = int(time.time() * 1000)
+            metrics.append(Metric("best_value", float(best["value"]), now, 0))
         if tags or metrics:
             client.log_batch(parent_run_id, metrics=metrics, tags=tags, synchronous=True)
 

@@ -23,10 +23,10 @@ from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
 from mfstudy.tracking._errors import TrackingError
 from mfstudy.tracking._params import clip_param_key, clip_param_value, flatten, split_numeric
-from mfstudy.tracking._transport import check_reachable, short_reason
+from mfstudy.tracking._transport import FailurePolicy, Transport, check_reachable, short_reason
 from mfstudy.tracking._uri import local_artifact_root
 
-__all__ = ["StudyRun", "finish_study", "start_study"]
+__all__ = ["StudyRun", "fail_run", "fail_trial_run", "finish_study", "log_file", "start_study"]
 
 _log = logging.getLogger(__name__)
 
@@ -158,12 +158,20 @@ def _log_config_and_stats(
 
 
 def finish_study(
-    uri: str, run_id: str, state: Literal["complete", "failed", "interrupted"] = "complete"
+    uri: str,
+    run_id: str,
+    state: Literal["complete", "failed", "interrupted"] = "complete",
+    policy: FailurePolicy | None = None,
 ) -> None:
-    """End the parent run: FINISHED, FAILED or KILLED (interrupted; resumable later)."""
+    """End the parent run: FINISHED, FAILED or KILLED (interrupted; resumable later).
+
+    Sent with the trials' short failure policy, not `MlflowClient`'s minutes of retries: this
+    is also the last call of a study that failed because the server went away, and it must
+    not hold the error back for minutes.
+    """
     try:
-        MlflowClient(tracking_uri=uri).set_terminated(run_id, status=_END_STATUS[state])
-    except MlflowException as exc:
+        Transport(uri, policy).end_run(run_id, _END_STATUS[state], _now_ms())
+    except Exception as exc:
         raise TrackingError(f"could not end study run {run_id}: {short_reason(exc)}") from exc
 
 
@@ -176,6 +184,56 @@ def fail_run(uri: str, run_id: str, reason: str) -> None:
         client.set_terminated(run_id, status="FAILED")
     except MlflowException as exc:
         raise TrackingError(f"could not mark run {run_id} failed: {short_reason(exc)}") from exc
+
+
+def fail_trial_run(
+    uri: str,
+    experiment_id: str,
+    parent_run_id: str,
+    trial_number: int,
+    run_id: str | None,
+    reason: str,
+) -> list[str]:
+    """End FAILED the nested run of a trial whose worker crashed; returns the run ids.
+
+    A worker killed after creating its run but before Optuna stored the run id leaves a run
+    known only by its tags, and one killed before creating it leaves none; the first is found
+    by its trial number, and for the second a FAILED run is created, so that every Optuna
+    trial still has exactly one run.
+    """
+    client = MlflowClient(tracking_uri=uri)
+    number = str(int(trial_number))
+    try:
+        if run_id is not None:
+            ids = [run_id]
+        else:
+            found = client.search_runs(
+                [experiment_id],
+                filter_string=(
+                    f"tags.`mlflow.parentRunId` = '{parent_run_id}' "
+                    f"and tags.`mfstudy.trial_number` = '{number}'"
+                ),
+                run_view_type=ViewType.ACTIVE_ONLY,
+            )
+            ids = [r.info.run_id for r in found]
+        if not ids:
+            run = client.create_run(
+                experiment_id,
+                run_name=f"trial-{int(trial_number):04d}",
+                tags={
+                    "mlflow.parentRunId": parent_run_id,
+                    ROLE_TAG: "trial",
+                    "mfstudy.trial_number": number,
+                },
+            )
+            ids = [run.info.run_id]
+    except MlflowException as exc:
+        raise TrackingError(
+            f"could not find the run of crashed trial {number}: {short_reason(exc)}"
+        ) from exc
+    for rid in ids:
+        fail_run(uri, rid, reason)
+    return ids
 
 
 def log_file(uri: str, run_id: str, path: Path, artifact_path: str | None = None) -> None:

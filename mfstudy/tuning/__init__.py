@@ -24,10 +24,12 @@ from mfstudy.tuning._worker import (
     TrialLog,
     TrialOutcome,
     build_model,
+    file_lock,
     limit_threads,
     load_study,
     reserve_trial,
     run_trial,
+    study_lock,
     worker_loop,
 )
 
@@ -43,6 +45,7 @@ __all__ = [
     "counts",
     "create_study",
     "fail_stale_trials",
+    "file_lock",
     "grid_size",
     "grid_space",
     "limit_threads",
@@ -56,6 +59,7 @@ __all__ = [
     "run_trial",
     "run_workers",
     "storage_spec",
+    "study_lock",
     "suggest",
     "threads_per_worker",
     "trials_table",

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
+from typing import IO, Any
 
 import optuna
 from optuna.storages import JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
 from mfstudy.config import PrunerConfig, SamplerConfig, StudyConfig
 from mfstudy.tuning._space import grid_space
 
-__all__ = ["BudgetGridSampler", "make_pruner", "make_sampler", "make_storage", "storage_spec"]
+__all__ = [
+    "BudgetGridSampler",
+    "JournalFlock",
+    "make_pruner",
+    "make_sampler",
+    "make_storage",
+    "storage_spec",
+]
 
 
 def storage_spec(cfg: StudyConfig) -> str:
@@ -28,12 +37,54 @@ def is_url(spec: str) -> bool:
 
 def make_storage(spec: str) -> optuna.storages.BaseStorage:
     """Journal file storage for a path (safe across processes on one file system), RDB for a
-    URL. RDB storages get a heartbeat so trials of a killed worker are failed on resume."""
+    URL.
+
+    No RDB heartbeat: Optuna beats only inside `study.optimize`, and our workers ask and tell,
+    so it never marked a trial stale; it only printed two warnings per process and trial.
+    Trials of a killed worker are found by their worker token (`fail_stale_trials`).
+    """
     if is_url(spec):
-        return RDBStorage(spec, heartbeat_interval=30, grace_period=90)
+        return RDBStorage(spec)
     path = Path(spec)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(os.fspath(path)))
+    lock = JournalFlock(os.fspath(path) + ".flock")
+    return JournalStorage(JournalFileBackend(os.fspath(path), lock_obj=lock))
+
+
+class JournalFlock(JournalFileOpenLock):
+    """The journal's write lock as an flock, which the kernel releases when its holder dies.
+
+    Optuna's default lock is a symlink created and removed by the writer: a worker killed
+    (`kill -9`, OOM) while appending leaves it behind, and every later writer then waits out its
+    30 s grace period before breaking it; a resumed study stalled that long, with warnings. The
+    reservation lock beside the journal is an flock already, so this needs nothing more of the
+    file system. One instance is used by one storage, whose own thread lock serialises callers.
+    (A subclass of Optuna's public open-file lock only for its interface; nothing of it is used.)
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, grace_period=None)
+        self._path = path
+        self._fh: IO[str] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_fh": None}  # an open file does not pickle
+
+    def acquire(self) -> bool:
+        fh = open(self._path, "a")  # held until release()
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        except BaseException:
+            fh.close()
+            raise
+        self._fh = fh
+        return True
+
+    def release(self) -> None:
+        fh, self._fh = self._fh, None
+        if fh is not None:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            fh.close()
 
 
 class BudgetGridSampler(optuna.samplers.GridSampler):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import warnings
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass, replace
@@ -24,6 +23,7 @@ from mfstudy.tuning._worker import (
     TrialContext,
     TrialOutcome,
     finished_count,
+    reservation_lock,
     token_alive,
     worker_loop,
 )
@@ -66,13 +66,22 @@ def create_study(cfg: StudyConfig) -> tuple[optuna.Study, str]:
     return study, spec
 
 
-def fail_stale_trials(study: optuna.Study) -> list[FrozenTrial]:
+def fail_stale_trials(study: optuna.Study, cfg: StudyConfig | None = None) -> list[FrozenTrial]:
     """Mark FAIL the RUNNING trials whose worker process is gone (a crash, `kill -9`).
 
     Returns them, so their tracking runs can be closed too. Trials of live workers (another
-    process working on the same study) are left alone; RDB storages also fail trials whose
-    heartbeat stopped.
+    process working on the same study) are left alone. With `cfg`, this runs under the
+    study's reservation lock: a trial is asked for and stamped with its worker's token under
+    that lock, so a worker of another process caught in between is not taken for a crashed
+    one (its trial has no token yet).
     """
+    if cfg is None:
+        return _fail_stale_trials(study)
+    with reservation_lock(cfg, storage_spec(cfg)):
+        return _fail_stale_trials(study)
+
+
+def _fail_stale_trials(study: optuna.Study) -> list[FrozenTrial]:
     stale = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         token = t.user_attrs.get(WORKER_ATTR)
@@ -81,13 +90,6 @@ def fail_stale_trials(study: optuna.Study) -> list[FrozenTrial]:
             study._storage.set_trial_user_attr(t._trial_id, CRASHED_ATTR, True)
             study.tell(t.number, state=TrialState.FAIL)
             stale.append(t)
-    if isinstance(study._storage, optuna.storages.RDBStorage) or hasattr(
-        study._storage, "get_heartbeat_interval"
-    ):
-        with warnings.catch_warnings():
-            # Marked experimental since Optuna 2.9 and unchanged since; nothing to act on.
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
     return stale
 
 

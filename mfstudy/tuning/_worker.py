@@ -13,7 +13,7 @@ import os
 import socket
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,9 +33,12 @@ __all__ = [
     "TrialLog",
     "TrialOutcome",
     "build_model",
+    "file_lock",
     "finished_count",
     "load_study",
+    "reservation_lock",
     "run_trial",
+    "study_lock",
     "worker_loop",
 ]
 
@@ -121,23 +124,41 @@ def finished_count(study: optuna.Study, running: bool = False) -> int:
 
 
 @contextmanager
-def _reservation_lock(ctx: TrialContext) -> Iterator[None]:
+def file_lock(path: Path, shared: bool = False) -> Iterator[None]:
+    """An flock on `path` (created if missing); the kernel releases it if the holder dies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def study_lock(cfg: StudyConfig, shared: bool = False) -> AbstractContextManager[None]:
+    """The lock of a study's working folder, `<workdir>/<name>/study.lock`.
+
+    Held exclusively while a process opens the study (rewrites the prepared data, creates or
+    finds the parent run, fails crashed trials, replays the tracking spool) and while it
+    replays the spool or moves the champion alias at the end; held shared while a worker reads
+    the prepared data, so it never sees the folder being swapped. Studies started at the same
+    time on one machine would otherwise race: two parent runs, spooled runs sent twice.
+    """
+    return file_lock(cfg.workdir.resolve() / cfg.name / "study.lock", shared=shared)
+
+
+def reservation_lock(cfg: StudyConfig, storage: str) -> AbstractContextManager[None]:
+    """The lock under which a worker counts the trials and asks for a new one."""
     # Counting the trials and asking for a new one must be one step, or two workers seeing
     # n_trials - 1 finished trials would both start one. A journal lives on a file system all
     # its workers share, so an flock beside it serialises them; for an RDB URL, workers on one
     # machine share a lock in the working folder (across machines a trial may overshoot by at
     # most the number of machines minus one).
-    if is_url(ctx.storage):
-        lock_path = ctx.config.workdir.resolve() / ctx.config.name / "reserve.lock"
+    if is_url(storage):
+        lock_path = cfg.workdir.resolve() / cfg.name / "reserve.lock"
     else:
-        lock_path = Path(ctx.storage + ".reserve.lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+        lock_path = Path(storage + ".reserve.lock")
+    return file_lock(lock_path)
 
 
 def worker_token() -> str:
@@ -175,7 +196,7 @@ def reserve_trial(study: optuna.Study, ctx: TrialContext) -> optuna.Trial | None
 
     if ctx.deadline is not None and time.time() >= ctx.deadline:
         return None
-    with _reservation_lock(ctx):
+    with reservation_lock(ctx.config, ctx.storage):
         if finished_count(study, running=True) >= ctx.n_trials:
             return None
         trial = study.ask()
@@ -312,7 +333,8 @@ def worker_loop(
     `after_trial(study)` is called after each one."""
     handle = limit_threads(ctx.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    prepared = read_prepared(ctx.prepared_dir)
+    with study_lock(ctx.config, shared=True):
+        prepared = read_prepared(ctx.prepared_dir)
     study = load_study(ctx)
     outcomes = []
     try:
