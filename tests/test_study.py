@@ -104,6 +104,12 @@ def test_parallel_study_tracks_every_trial_and_registers_a_champion(
     assert client.get_model_version_by_alias("it-wrmf", "champion").version == mv.version
 
 
+def _journal_trials(tmp_path: Path, name: str) -> list[optuna.trial.FrozenTrial]:
+    backend = optuna.storages.journal.JournalFileBackend(str(tmp_path / name / "optuna.journal"))
+    study = optuna.load_study(study_name=name, storage=optuna.storages.JournalStorage(backend))
+    return study.get_trials()
+
+
 def test_diverging_trials_fail_and_the_study_goes_on(tmp_path: Path, tracking_uri: str) -> None:
     cfg = _cfg(
         tmp_path,
@@ -120,12 +126,33 @@ def test_diverging_trials_fail_and_the_study_goes_on(tmp_path: Path, tracking_ur
     result = run_study(cfg)
     assert result.counts["fail"] == 1 and result.counts["complete"] == 1
     assert result.best.params["learning_rate"] == 0.02
+    # Optuna: the huge learning rate is FAIL by its own divergence (not a crashed worker).
+    by_lr = {t.params["learning_rate"]: t for t in _journal_trials(tmp_path, "it-diverge")}
+    diverged = by_lr[1.0e6]
+    assert diverged.state == optuna.trial.TrialState.FAIL
+    assert "Diverged" in diverged.user_attrs["error"]
+    assert "mfstudy.crashed" not in diverged.user_attrs
+    assert by_lr[0.02].state == optuna.trial.TrialState.COMPLETE
+    # MLflow agrees, run by run, and the study ended normally.
     client = MlflowClient(tracking_uri)
-    _, trials = _runs(client, "it-diverge")
-    statuses = sorted(r.info.status for r in trials)
-    assert statuses == ["FAILED", "FINISHED"]
-    failed = next(r for r in trials if r.info.status == "FAILED")
-    assert "Diverged" in failed.data.tags.get("mfstudy.error", "")
+    parent, trials = _runs(client, "it-diverge")
+    assert parent.info.status == "FINISHED"
+    by_number = {int(r.data.tags["mfstudy.trial_number"]): r for r in trials}
+    assert by_number[diverged.number].info.status == "FAILED"
+    assert "Diverged" in by_number[diverged.number].data.tags.get("mfstudy.error", "")
+    good = by_number[by_lr[0.02].number]
+    assert good.info.status == "FINISHED"
+    assert good.data.metrics and all(np.isfinite(v) for v in good.data.metrics.values())
+    # No registered version holds a NaN: its score, and the model loaded back from it.
+    versions = client.search_model_versions("name='it-diverge'")
+    assert [v.version for v in versions] == [result.model_version]
+    for v in versions:
+        assert float(v.tags["mfstudy.score"]) == pytest.approx(by_lr[0.02].value)
+        rec = load_recommender(f"models:/it-diverge/{v.version}", tracking_uri)
+        assert np.isfinite(rec.model.user_factors_).all()
+        assert np.isfinite(rec.model.item_factors_).all()
+        top, unknown = rec.recommend_many(rec.user_ids, k=5)
+        assert unknown == [] and len(top) > 0 and np.isfinite(top["score"]).all()
 
 
 def test_nothing_is_registered_when_every_trial_fails(tmp_path: Path, tracking_uri: str) -> None:
@@ -144,5 +171,8 @@ def test_nothing_is_registered_when_every_trial_fails(tmp_path: Path, tracking_u
         run_study(cfg)
     client = MlflowClient(tracking_uri)
     assert client.search_registered_models(filter_string="name='it-allfail'") == []
-    parent, _ = _runs(client, "it-allfail")
+    parent, trials = _runs(client, "it-allfail")
     assert parent.info.status == "FAILED"
+    [trial] = _journal_trials(tmp_path, "it-allfail")
+    assert trial.state == optuna.trial.TrialState.FAIL and "Diverged" in trial.user_attrs["error"]
+    assert [r.info.status for r in trials] == ["FAILED"]
