@@ -27,7 +27,7 @@ from pydantic import Field
 
 from mfstudy.config import StudyConfig, load_config
 from mfstudy.errors import ConfigError
-from mfstudy.study import StudySession, progress_info
+from mfstudy.study import StudySession, check_study, progress_info
 from mfstudy.tuning import TrialOutcome
 from tasks import (
     end_study_task,
@@ -199,6 +199,7 @@ def study_flow(
     """
     logger = get_run_logger()
     cfg = load_study_config(config, overrides or [], n_trials, workers, timeout)
+    check_study(cfg)  # config and tracking errors before any data is prepared
     start = time.perf_counter()
     runner = trial_runner(task_runner, cfg.study.workers, dask_address)
     with runner:

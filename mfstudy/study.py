@@ -28,6 +28,7 @@ from mfstudy.tuning import (
     TrialOutcome,
     best_trial,
     build_model,
+    check_sampler,
     check_space,
     constructor_params,
     counts,
@@ -46,6 +47,7 @@ __all__ = [
     "MlflowTrialLogs",
     "StudyResult",
     "StudySession",
+    "check_study",
     "close_study",
     "end_study",
     "holdout_fingerprint",
@@ -279,6 +281,22 @@ class StudySession:
     started: float
 
 
+def check_study(cfg: StudyConfig) -> str:
+    """What can fail a study before its data is touched; returns the tracking URI.
+
+    Config errors pydantic cannot see (parameters a model does not take, a grid without
+    choices or smaller than the budget), and an unreachable tracking server: an hour of
+    trials nobody can compare is worse than an error now.
+    """
+    from mfstudy import tracking
+
+    check_space(cfg.search_space, {f: constructor_params(model_class(f)) for f in cfg.search_space})
+    check_sampler(cfg)
+    uri = tracking.tracking_uri_for(cfg.tracking.uri, cfg.workdir.resolve())
+    tracking.check_reachable(uri)
+    return uri
+
+
 def open_study(cfg: StudyConfig, prepared: Prepared | None = None) -> StudySession:
     """Everything before the first trial: checks, data, the Optuna study, the parent run.
 
@@ -290,12 +308,8 @@ def open_study(cfg: StudyConfig, prepared: Prepared | None = None) -> StudySessi
     from mfstudy import tracking
 
     start = time.perf_counter()
-    check_space(cfg.search_space, {f: constructor_params(model_class(f)) for f in cfg.search_space})
+    uri = check_study(cfg)
     root = cfg.workdir.resolve()
-    uri = tracking.tracking_uri_for(cfg.tracking.uri, root)
-    # Fail before any training if tracking is down: an hour of trials nobody can compare
-    # is worse than an error now.
-    tracking.check_reachable(uri)
 
     if prepared is None:
         prepared = prepare(cfg)

@@ -356,11 +356,7 @@ def _registered_models(db: Path) -> list[str]:
 
 # Cases known to leave files behind, with the reason: everything else about them is checked,
 # and the test fails once they leave nothing, so the entry is removed with the fix.
-KNOWN_LEFTOVERS: dict[tuple[str, str], str] = {
-    ("grid-without-choices", "study"): (
-        "open_study writes runs/<name>/data before create_study checks the grid space"
-    ),
-}
+KNOWN_LEFTOVERS: dict[tuple[str, str], str] = {}
 
 
 @pytest.mark.parametrize(

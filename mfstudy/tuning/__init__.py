@@ -11,6 +11,7 @@ from mfstudy.tuning._space import check_space, constructor_params, grid_size, gr
 from mfstudy.tuning._study import (
     BestTrial,
     best_trial,
+    check_sampler,
     counts,
     create_study,
     fail_stale_trials,
@@ -40,6 +41,7 @@ __all__ = [
     "TrialOutcome",
     "best_trial",
     "build_model",
+    "check_sampler",
     "check_space",
     "constructor_params",
     "counts",

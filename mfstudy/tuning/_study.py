@@ -31,6 +31,7 @@ from mfstudy.tuning._worker import (
 __all__ = [
     "BestTrial",
     "best_trial",
+    "check_sampler",
     "counts",
     "create_study",
     "fail_stale_trials",
@@ -40,9 +41,9 @@ __all__ = [
 ]
 
 
-def create_study(cfg: StudyConfig) -> tuple[optuna.Study, str]:
-    """Create the study or load it to resume; returns it with its storage spec."""
-    spec = storage_spec(cfg)
+def check_sampler(cfg: StudyConfig) -> None:
+    """Config errors the sampler would raise, checked before any data is prepared: a grid
+    needs every parameter's choices, and at most as many trials as it has points."""
     if cfg.study.sampler.kind == "grid":
         grid_space(cfg.search_space)  # every parameter must list its choices
         size = grid_size(cfg.search_space)
@@ -50,6 +51,12 @@ def create_study(cfg: StudyConfig) -> tuple[optuna.Study, str]:
             raise ConfigError(
                 f"study.n_trials: {cfg.study.n_trials} exceeds the grid's {size} points"
             )
+
+
+def create_study(cfg: StudyConfig) -> tuple[optuna.Study, str]:
+    """Create the study or load it to resume; returns it with its storage spec."""
+    spec = storage_spec(cfg)
+    check_sampler(cfg)
     study = optuna.create_study(
         study_name=cfg.name,
         storage=make_storage(spec),
