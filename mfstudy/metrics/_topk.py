@@ -210,7 +210,9 @@ def rank(
     qn_sorted = np.append(qn[order], 0.0)  # qn_sorted[n_items]: bound past the last block
     qs = q32[order]  # rows in norm order; blocks are multiplied as qs[pos:end].T
     slack = 1.0 + _SLACK_PER_FACTOR * (f + 2)
-    step = rows_per_batch(n_items, batch_memory_mb)
+    # A batch holds one block of scores (at most _MAX_BLOCK items wide), never a whole row:
+    # sizing it by n_items made 200k-item catalogues run thousands of tiny matmuls.
+    step = rows_per_batch(min(n_items, _MAX_BLOCK), batch_memory_mb)
     empty_ptr = np.zeros(1, dtype=np.int64)
     no_idx = np.zeros(0, dtype=np.int64)
     off_s = np.empty((0, k), dtype=np.float32)

@@ -141,13 +141,13 @@ def test_explicit_zeros_and_duplicates_in_exclude():
 
 def test_batch_size_does_not_change_results():
     rng = np.random.default_rng(11)
-    n_users, n_items = 200, 5000  # 1 MB holds 52 rows of scores: 4 batches
+    n_users, n_items = 600, 5000  # 1 MB holds 256 rows of a 1,024-item block: 3 batches
     P, Q = factors(rng, n_users, n_items, 12, skew=1.0)
     exclude = random_csr(rng, (n_users, n_items), 0.01)
     users = rng.permutation(n_users)
     small = top_k(P, Q, users, 10, exclude=exclude, batch_memory_mb=1)
     large = top_k(P, Q, users, 10, exclude=exclude, batch_memory_mb=256)
-    assert _topk.rows_per_batch(n_items, 1) < n_users
+    assert _topk.rows_per_batch(min(n_items, _topk._MAX_BLOCK), 1) < n_users
     np.testing.assert_array_equal(small[0], large[0])
     np.testing.assert_array_equal(small[1], large[1])
     ref_items, _ = reference_top_k(P, Q, users, 10, exclude)
