@@ -63,6 +63,7 @@ def deploy_config(
         build=False,
         push=False,
         print_next_steps=False,
+        ignore_warnings=True,  # the "use .serve for local development" hint: not our case
     )
     names.append(f"mf-study/{cfg.name}")
     if nightly:
@@ -79,6 +80,7 @@ def deploy_config(
             build=False,
             push=False,
             print_next_steps=False,
+            ignore_warnings=True,  # the "use .serve for local development" hint: not our case
         )
         names.append(f"mf-retrain/{cfg.name}-nightly")
     return cfg, names
