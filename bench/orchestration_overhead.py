@@ -38,13 +38,11 @@ import datetime as dt
 import json
 import math
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -58,17 +56,9 @@ from run_all import emit, row  # noqa: E402
 
 CONFIG = REPO / "configs" / "lastfm-2k.yaml"
 NAME = "orchestration_overhead"
+
+
 # As tests/prefect_flows/conftest.py: no telemetry, no UI, mfstudy's log lines in Prefect.
-PREFECT_ENV = {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
-    "PREFECT_CLI_COLORS": "false",
-    "PREFECT_SERVER_UI_ENABLED": "false",
-    "PREFECT_LOGGING_EXTRA_LOGGERS": "mfstudy",
-    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-}
-
-
 def overrides(workdir: Path, trials: int, quick: bool, uri: str | None) -> list[str]:
     out = [
         f"workdir={workdir}",
@@ -81,65 +71,6 @@ def overrides(workdir: Path, trials: int, quick: bool, uri: str | None) -> list[
     if uri is not None:
         out.append(f"tracking.uri={uri}")
     return out
-
-
-# ----------------------------------------------------------------------------- servers
-
-
-class PrefectServer:
-    """`prefect server start` on a free 127.0.0.1 port with its own PREFECT_HOME, in its own
-    process group (a minimal copy of tests/prefect_flows/conftest.py's)."""
-
-    def __init__(self, home: Path) -> None:
-        from servers import free_port
-
-        self.home = home
-        self.port = free_port()
-        self.api_url = f"http://127.0.0.1:{self.port}/api"
-        self.env = {**PREFECT_ENV, "PREFECT_HOME": str(home), "PREFECT_API_URL": self.api_url}
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 180.0) -> PrefectServer:
-        exe = Path(sys.executable).with_name("prefect")
-        env = {**os.environ, **self.env}
-        env.pop("PREFECT_API_URL")
-        cmd = [str(exe) if exe.exists() else "prefect", "server", "start"]
-        with open(self.home / "server.log", "ab") as log:
-            self.proc = subprocess.Popen(
-                [*cmd, "--host", "127.0.0.1", "--port", str(self.port)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=self.home,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError((self.home / "server.log").read_text())
-            try:
-                with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"prefect server not healthy after {timeout}s")
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.proc.wait(timeout=wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        self.proc = None
 
 
 # ----------------------------------------------------------------------------- (a) the flow
@@ -344,14 +275,14 @@ def spawn(side: str, args: argparse.Namespace, env: dict[str, str], uri: str) ->
 
 
 def measure(args: argparse.Namespace, root: Path) -> dict[str, list[dict[str, Any]]]:
-    from servers import MlflowServer
+    from servers import MlflowServer, PrefectServer
 
     mlflow_server = MlflowServer(root / "mlflow").launch()
     (root / "prefect-home").mkdir()
     prefect = PrefectServer(root / "prefect-home")
     runs: dict[str, list[dict[str, Any]]] = {"flow": [], "bare": []}
     try:
-        prefect.start()
+        prefect.start(timeout=180.0)
         mlflow_server.wait_healthy()
         for r in range(args.repeats):
             # Alternate the order so warm file caches and machine noise fall on both sides.

@@ -3,7 +3,9 @@
 `mlflow server` runs as a subprocess in its own process group (uvicorn spawns workers), so the
 whole group is stopped at the end. Artifacts are proxied by the server (`--serve-artifacts`
 with `--artifacts-destination`), the way a shared team server is usually run, so artifact
-uploads and model downloads go through HTTP too.
+uploads and model downloads go through HTTP too. `prefect server start` likewise, with its own
+PREFECT_HOME and telemetry off (`QUIET`, also the settings its clients get). Both are used by
+the tests and by the benchmarks in `bench/`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,39 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+
+QUIET = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_CLI_COLORS": "false",
+    "PREFECT_CLI_WRAP_LINES": "false",
+    "PREFECT_SERVER_UI_ENABLED": "false",
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "mfstudy",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+
+def prefect_exe() -> str:
+    exe = Path(sys.executable).with_name("prefect")
+    return str(exe) if exe.exists() else "prefect"
+
+
+def stop_group(proc: subprocess.Popen[bytes], term_wait: float = 20) -> None:
+    """SIGTERM, then SIGKILL, the process group `proc` leads (its own session)."""
+    for sig, wait in ((signal.SIGTERM, term_wait), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def free_port() -> int:
@@ -90,22 +125,7 @@ class MlflowServer:
     def stop(self) -> None:
         if self.proc is None:
             return
-        pgid = self.proc.pid  # leader of its own session
-        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.proc.wait(timeout=wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        # Workers may outlive the leader briefly; make sure the group is gone.
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        stop_group(self.proc, term_wait=15)
         self.proc = None
         # The port must be free again before a restart on the same port.
         deadline = time.monotonic() + 10
@@ -114,3 +134,86 @@ class MlflowServer:
                 if s.connect_ex(("127.0.0.1", self.port)) != 0:
                     return
             time.sleep(0.1)
+
+
+class PrefectServer:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.port = free_port()
+        self.api_url = f"http://127.0.0.1:{self.port}/api"
+        self.env = {
+            **os.environ,
+            **QUIET,
+            "PREFECT_HOME": str(home),
+            "PREFECT_API_URL": self.api_url,
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 120.0) -> PrefectServer:
+        env = {k: v for k, v in self.env.items() if k != "PREFECT_API_URL"}
+        log = open(self.home / "server.log", "ab")
+        self.proc = subprocess.Popen(
+            [prefect_exe(), "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=self.home,
+            start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError((self.home / "server.log").read_text())
+            try:
+                with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"prefect server not healthy after {timeout}s")
+
+    def spawn(self, *args: str, log: Path, cwd: Path) -> subprocess.Popen[bytes]:
+        """A long-running `prefect ...` command (a worker) in its own process group."""
+        fh = open(log, "ab")
+        proc = subprocess.Popen(
+            [prefect_exe(), *args],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=cwd,
+            start_new_session=True,
+        )
+        fh.close()
+        return proc
+
+    def run(
+        self, *args: str, cwd: Path, timeout: float = 300, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """A `prefect ...` command to completion, in its own process group (killed on timeout)."""
+        proc = subprocess.Popen(
+            [prefect_exe(), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**self.env, **(env or {})},
+            cwd=cwd,
+            start_new_session=True,
+        )
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            stop_group(proc)  # type: ignore[arg-type]
+            out, _ = proc.communicate()
+            raise AssertionError(f"prefect {' '.join(args)} timed out:\n{out}") from None
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, None)
+
+    @staticmethod
+    def stop_group(proc: subprocess.Popen[bytes]) -> None:
+        stop_group(proc)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_group(self.proc)
+            self.proc = None
