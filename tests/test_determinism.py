@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from helpers import REPO
+from helpers import REPO, journal_study
 
 EXE = str(Path(sys.executable).with_name("mfstudy"))
 
@@ -132,13 +132,7 @@ def test_prepare_same_seed_same_split(
 
 
 def _optuna_trials(workdir: Path, name: str) -> list[tuple[Any, ...]]:
-    import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    journal = workdir / "runs" / name / "optuna.journal"
-    storage = JournalStorage(JournalFileBackend(str(journal)))
-    study = optuna.load_study(study_name=name, storage=storage)
+    study = journal_study(workdir / "runs" / name / "optuna.journal", name)
     return [
         (t.number, t.state.name, t.params, t.intermediate_values, t.value)
         for t in study.get_trials(deepcopy=False)

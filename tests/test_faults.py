@@ -25,6 +25,8 @@ from mlflow.entities import Run
 from optuna.trial import FrozenTrial, TrialState
 from servers import MlflowServer
 
+from helpers import journal_study
+
 pytestmark = pytest.mark.slow
 
 EXE = str(Path(sys.executable).with_name("mfstudy"))
@@ -140,10 +142,7 @@ def own_server(tmp_path: Path) -> Iterator[MlflowServer]:
 
 def _optuna(study: Study, storage: str | None = None) -> optuna.Study:
     if storage is None:
-        backend = optuna.storages.journal.JournalFileBackend(str(study.journal))
-        return optuna.load_study(
-            study_name=study.name, storage=optuna.storages.JournalStorage(backend)
-        )
+        return journal_study(study.journal, study.name)
     return optuna.load_study(study_name=study.name, storage=storage)
 
 

@@ -9,6 +9,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
+from helpers import journal_study
 from mfstudy.config import StudyConfig, load_config
 from mfstudy.errors import StudyError
 from mfstudy.study import run_study
@@ -56,12 +57,7 @@ def test_parallel_study_tracks_every_trial_and_registers_a_champion(
     result = run_study(cfg)
     client = MlflowClient(tracking_uri)
     parent, trials = _runs(client, "it-wrmf")
-    study = optuna.load_study(
-        study_name="it-wrmf",
-        storage=optuna.storages.JournalStorage(
-            optuna.storages.journal.JournalFileBackend(str(tmp_path / "it-wrmf" / "optuna.journal"))
-        ),
-    )
+    study = journal_study(tmp_path / "it-wrmf" / "optuna.journal", "it-wrmf")
     finished = [t for t in study.get_trials() if t.state.is_finished()]
     assert len(finished) == 6 == len(trials)
     assert result.counts["complete"] + result.counts["pruned"] == 6
@@ -105,9 +101,7 @@ def test_parallel_study_tracks_every_trial_and_registers_a_champion(
 
 
 def _journal_trials(tmp_path: Path, name: str) -> list[optuna.trial.FrozenTrial]:
-    backend = optuna.storages.journal.JournalFileBackend(str(tmp_path / name / "optuna.journal"))
-    study = optuna.load_study(study_name=name, storage=optuna.storages.JournalStorage(backend))
-    return study.get_trials()
+    return journal_study(tmp_path / name / "optuna.journal", name).get_trials()
 
 
 def test_diverging_trials_fail_and_the_study_goes_on(tmp_path: Path, tracking_uri: str) -> None:

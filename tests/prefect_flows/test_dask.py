@@ -7,8 +7,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-import optuna
 from mlflow import MlflowClient
+
+from helpers import journal_study
 
 N_TRIALS = 4
 
@@ -50,13 +51,7 @@ def test_dask_cluster_runs_the_trials_of_one_study(
         )
     assert len(worker_pids) == 2 and os.getpid() not in worker_pids
 
-    journal = tmp_path / "runs" / "it-dask" / "optuna.journal"
-    study = optuna.load_study(
-        study_name="it-dask",
-        storage=optuna.storages.JournalStorage(
-            optuna.storages.journal.JournalFileBackend(str(journal))
-        ),
-    )
+    study = journal_study(tmp_path / "runs" / "it-dask" / "optuna.journal", "it-dask")
     trials = study.get_trials()
     assert len(trials) == N_TRIALS and all(t.state.name == "COMPLETE" for t in trials)
     # Every trial ran in a Dask worker process (its reservation token names the process).

@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import optuna
 import pytest
 from mlflow import MlflowClient
+
+from helpers import journal_study
 
 GRID = (
     "search_space={wrmf: {factors: {type: categorical, choices: [4, 12]}, "
@@ -36,13 +37,7 @@ def _overrides(workdir: Path, uri: str | None) -> list[str]:
 
 
 def _trials(workdir: Path) -> dict[tuple[Any, ...], tuple[float, dict[int, float]]]:
-    journal = workdir / "it-same" / "optuna.journal"
-    study = optuna.load_study(
-        study_name="it-same",
-        storage=optuna.storages.JournalStorage(
-            optuna.storages.journal.JournalFileBackend(str(journal))
-        ),
-    )
+    study = journal_study(workdir / "it-same" / "optuna.journal", "it-same")
     trials = study.get_trials()
     assert all(t.state.name == "COMPLETE" for t in trials)
     return {tuple(sorted(t.params.items())): (t.value, dict(t.intermediate_values)) for t in trials}
