@@ -54,7 +54,6 @@ def warm_up_task(cfg: StudyConfig, slot: int = 0) -> float:
     and split instead of adding it to the first trial. Fits each searched family for one
     epoch on a tiny generated matrix (nothing is written or logged). Returns the seconds spent.
     """
-    import inspect
     import time
 
     import numpy as np
@@ -63,7 +62,7 @@ def warm_up_task(cfg: StudyConfig, slot: int = 0) -> float:
     from mfstudy import tracking
     from mfstudy.evaluation import evaluate_model
     from mfstudy.models import model_class
-    from mfstudy.tuning import build_model
+    from mfstudy.tuning import build_model, constructor_params
 
     start = time.perf_counter()
     tracking.TrialRun  # noqa: B018  (imports MLflow, as a trial's logging does)
@@ -72,7 +71,7 @@ def warm_up_task(cfg: StudyConfig, slot: int = 0) -> float:
     train = sp.csr_matrix(dense)
     users = np.arange(12, dtype=np.int64)
     for family in cfg.search_space:
-        accepted = inspect.signature(model_class(family)).parameters
+        accepted = constructor_params(model_class(family))
         tiny = {k: v for k, v in {"factors": 2, "iterations": 1}.items() if k in accepted}
         model = build_model(cfg, family, tiny, threads=1)
         model.fit(train)
