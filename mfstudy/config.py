@@ -380,6 +380,10 @@ class TrackingSettings(_Config):
     for a tracking server."""
     experiment: str | None = None
     """MLflow experiment; default the study name."""
+    flush_seconds: float = Field(15.0, gt=0)
+    """A trial's MLflow run is created once the trial has run this long, then its metrics are
+    sent every this many seconds (live learning curves), and at its end. A shorter trial shows
+    up when it ends, in three requests in all, sparing the server and the trial round trips."""
 
 
 # Cron fields: (name, lowest, highest, names allowed in place of numbers).

@@ -22,7 +22,11 @@ from mlflow.protos.service_pb2 import CreateRun, LogBatch, SearchExperiments, Up
 from mlflow.utils.credentials import get_default_host_creds
 from mlflow.utils.proto_json_utils import message_to_json
 from mlflow.utils.rest_utils import http_request, verify_rest_response
-from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
+from mlflow.utils.validation import (
+    MAX_ENTITIES_PER_BATCH,
+    MAX_METRICS_PER_BATCH,
+    MAX_PARAMS_TAGS_PER_BATCH,
+)
 
 from mfstudy.tracking._errors import TrackingError
 from mfstudy.tracking._uri import is_http_uri
@@ -135,7 +139,22 @@ class Transport:
         if not is_http_uri(self.uri):
             self.client.log_batch(run_id, metrics=m, params=p, tags=t, synchronous=True)
             return
-        # Params and tags first (small), then metrics in chunks the server accepts.
+        if (
+            len(p) <= MAX_PARAMS_TAGS_PER_BATCH
+            and len(t) <= MAX_PARAMS_TAGS_PER_BATCH
+            and len(m) <= MAX_METRICS_PER_BATCH
+            and len(m) + len(p) + len(t) <= MAX_ENTITIES_PER_BATCH
+        ):
+            # One request when it fits the server's limits (the trial's usual case).
+            msg = LogBatch(
+                run_id=run_id,
+                metrics=[x.to_proto() for x in m],
+                params=[x.to_proto() for x in p],
+                tags=[x.to_proto() for x in t],
+            )
+            self._post("runs/log-batch", msg)
+            return
+        # Otherwise params and tags first (small), then metrics in chunks the server accepts.
         for i in range(0, max(len(p), len(t)), MAX_PARAMS_TAGS_PER_BATCH):
             sl = slice(i, i + MAX_PARAMS_TAGS_PER_BATCH)
             msg = LogBatch(

@@ -1,8 +1,11 @@
 """One nested MLflow run per Optuna trial, logged cheaply and robust to a server outage.
 
-A trial runs in a worker process and reports per-epoch metrics. Sending each value as its own
-request would cost a round trip per metric, so values are buffered with the time they were
-measured and sent with `log_batch` every `flush_every` epochs and at the end.
+A trial runs in a worker process and reports per-epoch metrics. Every request costs the trial a
+round trip and the tracking server CPU time that, on a shared machine, training would have
+used; so values are buffered with the time they were measured and sent with `log_batch` (params,
+tags and metrics together) every `flush_every` epochs and/or `flush_seconds` seconds, and at
+the end. With `create_now=False` even the run is created at the first flush: a trial shorter
+than `flush_seconds` then costs three requests in all (create, one batch, end).
 
 Everything not yet acknowledged by the server (the run itself if it could not be created, its
 params and tags, buffered metrics, the final status) lives in one :class:`_Pending` record. A
@@ -22,7 +25,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
-from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_TAG_VAL_LENGTH
+from mlflow.utils.validation import (
+    MAX_ENTITIES_PER_BATCH,
+    MAX_METRICS_PER_BATCH,
+    MAX_PARAMS_TAGS_PER_BATCH,
+    MAX_TAG_VAL_LENGTH,
+)
 
 from mfstudy.tracking._params import clip_param_key, clip_param_value
 from mfstudy.tracking._transport import FailurePolicy, Transport, short_reason
@@ -75,12 +83,20 @@ class _Pending:
             self.run_id = transport.create_run(
                 self.experiment_id, self.run_name, self.start_time, self.create_tags
             )
-        if self.params or self.tags:
-            transport.log_batch(self.run_id, params=self.params, tags=self.tags)
-            self.params, self.tags = {}, {}
-        while self.metrics:
-            chunk = self.metrics[:MAX_METRICS_PER_BATCH]
-            transport.log_batch(self.run_id, metrics=[tuple(m) for m in chunk])
+        # As few requests as the server's batch limits allow; each part is dropped only once
+        # its request was accepted, so a retry never sends a metric twice.
+        while self.params or self.tags or self.metrics:
+            params = dict(list(self.params.items())[:MAX_PARAMS_TAGS_PER_BATCH])
+            tags = dict(list(self.tags.items())[:MAX_PARAMS_TAGS_PER_BATCH])
+            room = min(MAX_METRICS_PER_BATCH, MAX_ENTITIES_PER_BATCH - len(params) - len(tags))
+            chunk = self.metrics[:room]
+            transport.log_batch(
+                self.run_id, metrics=[tuple(m) for m in chunk], params=params, tags=tags
+            )
+            for key in params:
+                del self.params[key]
+            for key in tags:
+                del self.tags[key]
             del self.metrics[: len(chunk)]
         if final and self.end_status is not None:
             transport.end_run(self.run_id, self.end_status, self.end_time or _now_ms())
@@ -110,16 +126,19 @@ class TrialRun:
         pending: _Pending,
         trial_number: int,
         parent_run_id: str,
-        flush_every: int,
+        flush_every: int | None,
         spool_dir: Path | None,
+        flush_seconds: float | None = None,
     ) -> None:
         self._transport = transport
         self._pending = pending
         self.trial_number = trial_number
         self.parent_run_id = parent_run_id
-        self.flush_every = max(1, int(flush_every))
+        self.flush_every = None if flush_every is None else max(1, int(flush_every))
+        self.flush_seconds = flush_seconds
         self.spool_dir = Path(spool_dir) if spool_dir is not None else None
         self._epochs_since_flush = 0
+        self._last_flush = time.monotonic()
         self.last_error: str | None = None
         self.result: TrialEnd | None = None
 
@@ -135,13 +154,18 @@ class TrialRun:
         params: dict[str, Any],
         *,
         spool_dir: Path | None = None,
-        flush_every: int = 10,
+        flush_every: int | None = 10,
         policy: FailurePolicy | None = None,
+        flush_seconds: float | None = None,
+        create_now: bool = True,
     ) -> TrialRun:
-        """Create the nested run `trial-0007` under `parent_run_id` and log `params`.
+        """Open the nested run `trial-0007` under `parent_run_id` with `params`.
 
-        If the server cannot be reached the trial still starts: the run is created at the next
-        successful flush, or by :func:`replay_spool` after the trial.
+        Buffered metrics are sent every `flush_every` epochs and every `flush_seconds` seconds
+        (None: not on that account). With `create_now` the run is created and its params logged
+        at once; otherwise at the first flush. If the server cannot be reached the trial still
+        starts: the run is created at the next successful flush, or by :func:`replay_spool`
+        after the trial.
         """
         name = f"trial-{int(trial_number):04d}"
         pending = _Pending(
@@ -163,8 +187,10 @@ class TrialRun:
             parent_run_id,
             flush_every,
             spool_dir,
+            flush_seconds,
         )
-        run._try_deliver(final=False)
+        if create_now:
+            run._try_deliver(final=False)
         return run
 
     @property
@@ -177,18 +203,24 @@ class TrialRun:
         return self._transport.uri
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        """Buffer `metrics` measured now at step `epoch`; flush every `flush_every` epochs."""
+        """Buffer `metrics` measured now at step `epoch`; flush when an epoch or time limit is
+        reached."""
         if self.result is not None:
             raise RuntimeError(f"trial {self.trial_number} already ended")
         ts = _now_ms()
         self._pending.metrics.extend([k, float(v), ts, int(epoch)] for k, v in metrics.items())
         self._epochs_since_flush += 1
-        if self._epochs_since_flush >= self.flush_every:
+        if (self.flush_every is not None and self._epochs_since_flush >= self.flush_every) or (
+            self.flush_seconds is not None
+            and time.monotonic() - self._last_flush >= self.flush_seconds
+        ):
             self.flush()
 
     def flush(self) -> bool:
-        """Send buffered metrics now; False (and the buffer kept) when the server failed."""
+        """Send what is buffered now (creating the run if needed); False (and the buffer kept)
+        when the server failed."""
         self._epochs_since_flush = 0
+        self._last_flush = time.monotonic()
         return self._try_deliver(final=False)
 
     def end(

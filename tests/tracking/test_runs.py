@@ -265,3 +265,99 @@ def test_replay_keeps_spool_while_server_is_down(dead_uri: str, tmp_path: Path) 
     assert end.spool_file.exists()
     record = json.loads(end.spool_file.read_text())
     assert record["end_status"] == "FAILED" and record["metrics"][0][:2] == ["m", 1.0]
+
+
+@pytest.fixture
+def posts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The REST endpoints the trial's transport calls, in order (each call still goes out)."""
+    from mfstudy.tracking._transport import Transport
+
+    seen: list[str] = []
+    real = Transport._post
+
+    def spy(self: Transport, endpoint: str, message: Any, method: str = "POST") -> Any:
+        seen.append(endpoint)
+        return real(self, endpoint, message, method)
+
+    monkeypatch.setattr(Transport, "_post", spy)
+    return seen
+
+
+def test_short_trial_costs_three_requests(
+    tracking_uri: str, study: StudyRun, posts: list[str]
+) -> None:
+    # As a study opens trial runs: created at the first flush (time-based) or at the end.
+    tr = TrialRun.start(
+        tracking_uri,
+        study.experiment_id,
+        study.run_id,
+        40,
+        {"factors": 8, "reg": 0.1},
+        flush_every=None,
+        flush_seconds=600,
+        create_now=False,
+    )
+    for epoch in range(1, 20):
+        tr.log_epoch(epoch, _curve(epoch, 40))
+    assert tr.run_id is None and posts == []  # nothing sent while the trial trains
+    end = tr.end("complete", best_epoch=19, best_value=0.5)
+    assert end.delivered
+    assert posts == ["runs/create", "runs/log-batch", "runs/update"]
+
+    run = MlflowClient(tracking_uri).get_run(end.run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "trial-0040"
+    assert run.data.params == {"factors": "8", "reg": "0.1"}
+    assert run.data.tags["mfstudy.best_epoch"] == "19"
+    assert run.data.tags["mlflow.parentRunId"] == study.run_id
+    got = _history(MlflowClient(tracking_uri), end.run_id, "test_precision_at_k")
+    assert [s for s, _ in got] == list(range(1, 20))
+
+
+def test_long_trial_is_created_and_flushed_by_time(
+    tracking_uri: str, study: StudyRun, posts: list[str]
+) -> None:
+    tr = TrialRun.start(
+        tracking_uri,
+        study.experiment_id,
+        study.run_id,
+        41,
+        {"factors": 8},
+        flush_every=None,
+        flush_seconds=0.2,
+        create_now=False,
+    )
+    tr.log_epoch(1, _curve(1, 41))
+    assert tr.run_id is None
+    time.sleep(0.25)
+    tr.log_epoch(2, _curve(2, 41))  # past flush_seconds: the run appears with epochs 1-2
+    assert tr.run_id is not None
+    assert posts == ["runs/create", "runs/log-batch"]
+    client = MlflowClient(tracking_uri)
+    assert client.get_run(tr.run_id).info.status == "RUNNING"
+    assert [s for s, _ in _history(client, tr.run_id, "test_precision_at_k")] == [1, 2]
+    tr.log_epoch(3, _curve(3, 41))  # within flush_seconds of the last flush: buffered
+    assert len(posts) == 2
+    assert tr.end("pruned", best_epoch=3, best_value=0.1).delivered
+    assert posts[2:] == ["runs/log-batch", "runs/update"]
+    assert [s for s, _ in _history(client, tr.run_id, "test_precision_at_k")] == [1, 2, 3]
+
+
+def test_large_trial_record_is_split_at_the_server_limits_and_sent_once(
+    tracking_uri: str, study: StudyRun, posts: list[str]
+) -> None:
+    # 150 params and 1500 metric values: more than one batch may carry (100 params, 1000
+    # entities); every value must still arrive exactly once.
+    params = {f"p{i:03d}": i for i in range(150)}
+    tr = TrialRun.start(
+        tracking_uri, study.experiment_id, study.run_id, 42, params, flush_every=None,
+        create_now=False,
+    )  # fmt: skip
+    for epoch in range(1, 1501):
+        tr.log_epoch(epoch, {"test_precision_at_k": epoch / 1500})
+    assert tr.end("complete", best_epoch=1500, best_value=1.0).delivered
+    assert posts == ["runs/create", "runs/log-batch", "runs/log-batch", "runs/update"]
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(tr.run_id)
+    assert run.data.params == {k: str(v) for k, v in params.items()}
+    got = _history(client, tr.run_id, "test_precision_at_k")
+    assert [s for s, _ in got] == list(range(1, 1501))
