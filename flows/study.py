@@ -1,9 +1,17 @@
 """The study flow: prepare (cached), trials as task runs, then retrain, register, report.
 
 The same steps as `mfstudy study` (`mfstudy.study.run_study`), which runs them without any
-server; here each is a Prefect task, every trial is its own task run on the trial task runner
-(local processes by default, or a Dask cluster), a progress artifact follows the budget, and a
-Markdown artifact holds the trials table and the best parameters.
+server; here each is a Prefect task, every trial is its own task run, a progress artifact
+follows the budget, and a Markdown artifact holds the trials table and the best parameters.
+
+Where trials run (`task_runner`):
+- `process` (default), this machine: trial task runs are threads of the flow's process that
+  hand each trial to the study's trial workers (`mfstudy.tuning.local_trials`): the flow's own
+  process for one worker, else `workers` processes started once, warmed up while the data is
+  prepared and kept for the whole study. A task run per trial then costs milliseconds, where
+  Prefect's `ProcessPoolTaskRunner` re-created its context in the pool process for each one
+  (about 0.3 s per trial, measured in `bench/orchestration_overhead.py`).
+- `dask`: each trial task runs on a worker of a Dask cluster (`prefect-dask`).
 
 Parameters are validated by Prefect (pydantic) before the run starts; the config file itself
 is validated by `mfstudy.config.load_config`, whose error names the offending key.
@@ -12,7 +20,9 @@ is validated by `mfstudy.config.load_config`, whose error names the offending ke
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import replace
+from functools import partial
 from typing import Annotated, Any, Literal
 
 from prefect import flow, get_run_logger
@@ -22,13 +32,13 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.futures import PrefectFuture, wait
-from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import Field
 
 from mfstudy.config import StudyConfig, load_config
 from mfstudy.errors import ConfigError
-from mfstudy.study import StudySession, check_study, progress_info
-from mfstudy.tuning import TrialOutcome
+from mfstudy.study import StudySession, check_study, progress_info, warm_up
+from mfstudy.tuning import TrialExecutor, TrialOutcome, local_trials, threads_per_worker
 from tasks import (
     end_study_task,
     ingest_task,
@@ -49,10 +59,12 @@ RunnerKind = Literal["process", "dask"]
 
 
 def trial_runner(kind: RunnerKind, workers: int, dask_address: str | None) -> TaskRunner[Any]:
-    """Where trial tasks run: `workers` local processes, or the Dask scheduler at an address.
+    """Where trial task runs run: threads that wait for this machine's trial workers, or the
+    Dask scheduler at an address.
 
-    With Dask, workers on other machines join the same study only if the Optuna storage is
-    shared (`study.storage`: a PostgreSQL URL or a journal file on a shared file system).
+    Threads: one per worker plus one, because :func:`run_trials` keeps a trial queued. With
+    Dask, workers on other machines join the same study only if the Optuna storage is shared
+    (`study.storage`: a PostgreSQL URL or a journal file on a shared file system).
     """
     if kind == "dask":
         if not dask_address:
@@ -60,7 +72,7 @@ def trial_runner(kind: RunnerKind, workers: int, dask_address: str | None) -> Ta
         from prefect_dask import DaskTaskRunner
 
         return DaskTaskRunner(address=dask_address)
-    return ProcessPoolTaskRunner(max_workers=workers)
+    return ThreadPoolTaskRunner(max_workers=workers + 1)
 
 
 def artifact_key(prefix: str, name: str) -> str:
@@ -91,12 +103,26 @@ def prepare_data(cfg: StudyConfig) -> Any:
     return split_task(kept, cfg)
 
 
-def run_trials(session: StudySession, runner: TaskRunner[Any], workers: int) -> list[TrialOutcome]:
-    """Keep `workers` trial task runs going until one reports the budget used up.
+#: Seconds between updates of the progress artifact and the flow's progress line: each is a
+#: request the Prefect server spends CPU on, next to the trials on a shared machine.
+PROGRESS_EVERY = 5.0
 
-    Each task reserves its trial under the study's lock, so the budget is exact whatever runs
-    the tasks; a task returning None means no trial is left to start, so no new one is
-    submitted and the running ones are waited for. `runner` must already be entered.
+
+def run_trials(
+    session: StudySession,
+    runner: TaskRunner[Any],
+    workers: int,
+    trials: TrialExecutor | None = None,
+) -> list[TrialOutcome]:
+    """Keep `workers` + 1 trial task runs going until one reports the budget used up.
+
+    The one beyond `workers` waits for a free worker, so the next trial starts the moment one
+    ends instead of after the flow has seen the end and submitted a new task run (in the
+    Prefect UI it shows as running meanwhile). Each task reserves its trial under the study's
+    lock when it starts, so the budget is exact whatever runs the tasks; a task returning None
+    means no trial is left to start, so no new one is submitted and the running ones are
+    waited for. `runner` (and `trials`, this machine's trial workers, None on Dask) must
+    already be entered.
     """
     from mfstudy.tuning import load_study
 
@@ -117,10 +143,11 @@ def run_trials(session: StudySession, runner: TaskRunner[Any], workers: int) -> 
         nonlocal slot
         slot += 1
         ctx = replace(session.ctx, worker=offset + slot)
-        return runner.submit(run_trial_task, {"ctx": ctx, "slot": slot})
+        return runner.submit(run_trial_task, {"ctx": ctx, "slot": slot, "trials": trials})
 
-    pending = {submit() for _ in range(workers)}
+    pending = {submit() for _ in range(workers + 1)}
     exhausted = False
+    reported = time.monotonic()
     while pending:
         done, pending = wait(list(pending), timeout=2.0)
         for fut in done:
@@ -131,6 +158,9 @@ def run_trials(session: StudySession, runner: TaskRunner[Any], workers: int) -> 
             outcomes.append(outcome)
             if not exhausted:
                 pending.add(submit())
+        if not done or (pending and time.monotonic() - reported < PROGRESS_EVERY):
+            continue
+        reported = time.monotonic()
         info = progress_info(study, cfg)
         if progress is not None:
             update_progress_artifact(
@@ -201,17 +231,22 @@ def study_flow(
     cfg = load_study_config(config, overrides or [], n_trials, workers, timeout)
     check_study(cfg)  # config and tracking errors before any data is prepared
     start = time.perf_counter()
-    runner = trial_runner(task_runner, cfg.study.workers, dask_address)
-    with runner:
-        # Trial processes start and warm up while the data is prepared, not after.
+    workers = cfg.study.workers
+    runner = trial_runner(task_runner, workers, dask_address)
+    trials = None
+    if task_runner == "process":
+        trials = local_trials(workers, threads_per_worker(cfg, workers), partial(warm_up, cfg))
+    with runner, trials or nullcontext():
+        # Trial workers start and warm up while the data is prepared, not after.
         warm = [
-            runner.submit(warm_up_task, {"cfg": cfg, "slot": i}) for i in range(cfg.study.workers)
+            runner.submit(warm_up_task, {"cfg": cfg, "slot": i, "trials": trials})
+            for i in range(workers)
         ]
         prepared = prepare_data(cfg)
         session = open_study_task(cfg, prepared)
         wait(warm)
         try:
-            run_trials(session, runner, cfg.study.workers)
+            run_trials(session, runner, workers, trials)
         except BaseException:
             end_study_task(session, "interrupted")
             raise

@@ -64,6 +64,7 @@ __all__ = [
     "run_study",
     "similar_items_table",
     "summarize_study",
+    "warm_up",
 ]
 
 log = logging.getLogger("mfstudy.study")
@@ -71,12 +72,16 @@ log = logging.getLogger("mfstudy.study")
 
 @dataclass(frozen=True)
 class MlflowTrialLogs:
-    """Opens a trial's nested MLflow run; picklable, so worker processes can call it."""
+    """Opens a trial's nested MLflow run; picklable, so worker processes can call it.
+
+    The run is created at the trial's first flush (after `flush_seconds`) or at its end,
+    whichever comes first (see `tracking.flush_seconds`)."""
 
     uri: str
     experiment_id: str
     parent_run_id: str
     spool_dir: Path
+    flush_seconds: float = 15.0
 
     def __call__(self, number: int, params: dict[str, Any]) -> Any:
         from mfstudy.tracking import TrialRun
@@ -88,6 +93,9 @@ class MlflowTrialLogs:
             number,
             params,
             spool_dir=self.spool_dir,
+            flush_every=None,
+            flush_seconds=self.flush_seconds,
+            create_now=False,
         )
 
 
@@ -348,7 +356,9 @@ def open_study(cfg: StudyConfig, prepared: Prepared | None = None) -> StudySessi
         prepared_dir=data_dir,
         n_trials=cfg.study.n_trials,
         threads=threads,
-        tracker=MlflowTrialLogs(uri, parent.experiment_id, parent.run_id, spool),
+        tracker=MlflowTrialLogs(
+            uri, parent.experiment_id, parent.run_id, spool, cfg.tracking.flush_seconds
+        ),
         deadline=time.time() + cfg.study.timeout if cfg.study.timeout else None,
     )
     return StudySession(
@@ -537,6 +547,34 @@ def one_trial(ctx: TrialContext) -> TrialOutcome | None:
         return run_trial(trial, study, prepared, ctx)
     finally:
         del handle
+
+
+def warm_up(cfg: StudyConfig) -> float:
+    """Pay a trial process's one-time costs before its first trial; the seconds spent.
+
+    A fresh process spends seconds importing Optuna, MLflow and `implicit` and loading the numba
+    kernels from their cache; done first (while the data is still being prepared) that is not
+    added to the first trial. Fits each searched family for one epoch on a tiny generated
+    matrix and evaluates it; nothing is written or logged.
+    """
+    import scipy.sparse as sp
+
+    from mfstudy import tracking
+    from mfstudy.evaluation import evaluate_model
+
+    start = time.perf_counter()
+    tracking.TrialRun  # noqa: B018  (imports MLflow, as a trial's logging does)
+    rng = np.random.default_rng(cfg.seed)
+    dense = (rng.random((12, 10)) < 0.5).astype(np.float32) * rng.integers(1, 5, (12, 10))
+    train = sp.csr_matrix(dense)
+    users = np.arange(12, dtype=np.int64)
+    for family in cfg.search_space:
+        accepted = constructor_params(model_class(family))
+        tiny = {k: v for k, v in {"factors": 2, "iterations": 1}.items() if k in accepted}
+        model = build_model(cfg, family, tiny, threads=1)
+        model.fit(train)
+        evaluate_model(model, train, train, users, cfg.evaluation)
+    return time.perf_counter() - start
 
 
 def input_files(source: DataSource) -> list[Path]:

@@ -1,5 +1,9 @@
 """Study and retraining tasks: open the study, one trial per task run, and the final steps.
 
+Trial and warm-up task runs are thin: on this machine they run in the flow's process (a thread
+each) and hand the work to the study's trial workers (`mfstudy.tuning.local_trials`), so a task
+run per trial costs milliseconds, not a process's start-up and context.
+
 Retries go on the steps that talk to MLflow or storage and are safe to repeat (opening the
 study finds its parent run again; logging artifacts overwrites them). Registering a model is
 not retried: a retry after a lost reply would register a second version.
@@ -25,8 +29,9 @@ from mfstudy.study import (
     register_model,
     retrain,
     summarize_study,
+    warm_up,
 )
-from mfstudy.tuning import BestTrial, TrialContext, TrialOutcome
+from mfstudy.tuning import BestTrial, TrialContext, TrialExecutor, TrialOutcome
 
 __all__ = [
     "end_study_task",
@@ -46,37 +51,16 @@ _PLAIN: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
 
 
 @task(name="warm-up", task_run_name="warm-up-{slot}", **_PLAIN)
-def warm_up_task(cfg: StudyConfig, slot: int = 0) -> float:
-    """Pay a trial process's one-time costs while the data is still being prepared.
+def warm_up_task(cfg: StudyConfig, slot: int = 0, trials: TrialExecutor | None = None) -> float:
+    """Wait for trial worker `slot` to pay its one-time costs (imports, numba's cache, a tiny
+    fit), started while the data is still being prepared; the seconds it took.
 
-    A fresh worker process spends seconds importing Optuna, MLflow and `implicit` and loading
-    the numba kernels from their cache; run first, this overlaps that with ingest, threshold
-    and split instead of adding it to the first trial. Fits each searched family for one
-    epoch on a tiny generated matrix (nothing is written or logged). Returns the seconds spent.
+    With `trials` (this machine's trial workers) the worker warms up on its own as it starts;
+    without (a Dask cluster) the warm-up runs here, in the task's own process.
     """
-    import time
-
-    import numpy as np
-    import scipy.sparse as sp
-
-    from mfstudy import tracking
-    from mfstudy.evaluation import evaluate_model
-    from mfstudy.models import model_class
-    from mfstudy.tuning import build_model, constructor_params
-
-    start = time.perf_counter()
-    tracking.TrialRun  # noqa: B018  (imports MLflow, as a trial's logging does)
-    rng = np.random.default_rng(cfg.seed)
-    dense = (rng.random((12, 10)) < 0.5).astype(np.float32) * rng.integers(1, 5, (12, 10))
-    train = sp.csr_matrix(dense)
-    users = np.arange(12, dtype=np.int64)
-    for family in cfg.search_space:
-        accepted = constructor_params(model_class(family))
-        tiny = {k: v for k, v in {"factors": 2, "iterations": 1}.items() if k in accepted}
-        model = build_model(cfg, family, tiny, threads=1)
-        model.fit(train)
-        evaluate_model(model, train, train, users, cfg.evaluation)
-    return time.perf_counter() - start
+    if trials is not None:
+        return trials.warmed(slot)
+    return warm_up(cfg)
 
 
 @task(name="open-study", retries=2, retry_delay_seconds=5, **_PLAIN)
@@ -94,13 +78,22 @@ def open_study_task(cfg: StudyConfig, prepared: Prepared) -> StudySession:
 
 
 @task(name="trial", task_run_name="trial-{slot}", **_PLAIN)
-def run_trial_task(ctx: TrialContext, slot: int = 0) -> TrialOutcome | None:
+def run_trial_task(
+    ctx: TrialContext, slot: int = 0, trials: TrialExecutor | None = None
+) -> TrialOutcome | None:
     """Reserve one trial and run it; None when the budget is used up (nothing was run).
 
-    `slot` only names the task run; the trial number is known once the trial is reserved.
+    With `trials` the trial runs on one of this machine's trial workers (the task run itself
+    only waits for it, so it costs the flow's process next to nothing); without, here (a Dask
+    worker). `slot` only names the task run; the trial number is known once it is reserved.
     """
-    outcome = one_trial(ctx)
     logger = get_run_logger()
+    if trials is None:
+        outcome = one_trial(ctx)
+    else:
+        outcome, lines = trials.run(one_trial, ctx)
+        for level, _name, message in lines:  # said in a worker process, shown with this run
+            logger.log(level, "%s", message)
     if outcome is None:
         logger.info("budget of %d trials reached: nothing to run", ctx.n_trials)
     else:

@@ -5,6 +5,13 @@ for parallel processes) or any RDB URL, and trials run in worker processes that 
 trial at a time.
 """
 
+from mfstudy.tuning._executors import (
+    InProcessTrials,
+    LogLine,
+    TrialExecutor,
+    TrialProcesses,
+    local_trials,
+)
 from mfstudy.tuning._factories import make_pruner, make_sampler, make_storage, storage_spec
 from mfstudy.tuning._figures import optuna_figures
 from mfstudy.tuning._space import check_space, constructor_params, grid_size, grid_space, suggest
@@ -36,9 +43,13 @@ from mfstudy.tuning._worker import (
 
 __all__ = [
     "BestTrial",
+    "InProcessTrials",
+    "LogLine",
     "TrialContext",
+    "TrialExecutor",
     "TrialLog",
     "TrialOutcome",
+    "TrialProcesses",
     "best_trial",
     "build_model",
     "check_sampler",
@@ -52,6 +63,7 @@ __all__ = [
     "grid_space",
     "limit_threads",
     "load_study",
+    "local_trials",
     "make_pruner",
     "make_sampler",
     "make_storage",

@@ -247,9 +247,10 @@ def run_trial(
     cfg = ctx.config
     family, params = suggest(trial, cfg.search_space)
     shown = {"model": family, **params}
+    # The run may be created only at the trial's first flush or its end (see
+    # `tracking.flush_seconds`), so its id is stored once the trial ends; a trial whose worker
+    # dies before that is found again by its tags.
     tlog = ctx.tracker(trial.number, shown) if ctx.tracker is not None else None
-    if tlog is not None and tlog.run_id is not None:
-        trial.set_user_attr("mlflow_run_id", tlog.run_id)
     best = _Best(cfg.direction == "maximize")
     every = cfg.study.eval_every
     model = build_model(cfg, family, params, ctx.threads)
@@ -289,6 +290,8 @@ def run_trial(
         trial.set_user_attr("error", error[:1000])
     if tlog is not None:
         tlog.end(state, best.epoch, best.value, error)
+        if tlog.run_id is not None:
+            trial.set_user_attr("mlflow_run_id", tlog.run_id)
     if state == "complete":
         study.tell(trial, best.value)
     elif state == "pruned":
