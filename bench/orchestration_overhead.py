@@ -8,8 +8,9 @@ $MFSTUDY_DATA_DIR/lastfm-2k, default ../shared/data) run two ways, one worker ea
 (a) flow: `flows/study.py:study_flow(workers=1)` against a real Prefect server (`prefect server
     start` on 127.0.0.1, its own PREFECT_HOME, started here) with MLflow tracking to a real
     `mlflow server` (127.0.0.1, SQLite, started here): data preparation as cached tasks, each
-    trial a task run in the flow's process pool, per-epoch metrics logged to MLflow, then
-    summary artifacts, retraining, registration.
+    trial a task run (with one worker the trial runs in the flow's own process, as
+    `mfstudy study` does), per-epoch metrics logged to MLflow, then summary artifacts,
+    retraining, registration. Both servers share the machine's cores with the trials.
 (b) bare: `optuna.create_study(...).optimize(objective, n_trials)` in-process, in-memory
     storage, no tracking, no Prefect, no pruner; the objective builds the same model
     (`mfstudy.tuning.build_model`) and evaluates it the same way (`evaluate_model` every
@@ -24,11 +25,12 @@ every trial trains its 38 epochs. Both use the shipped thread count for one work
 fresh subprocess; runs alternate order over `--repeats`, the best of each side is kept.
 
 The flow's phases come from its task runs as recorded by the Prefect server: the trial phase
-runs from the end of the `open-study` task to the start of `summarize` (it includes starting
-the process pool); the bare trial phase is `optimize()`. The headline ratio is flow trial phase
-/ bare trial phase. Goal: <= 1.05 (at most 5% more wall time). The whole flow (call to return,
-with data preparation, retraining, registration) is reported against the bare loop plus its
-data preparation, without a goal: it does more work.
+runs from the end of the `open-study` task to the start of `summarize` (it includes waiting for
+the trial workers' warm-up); the bare trial phase is `optimize()`. The CPU seconds the Prefect
+and MLflow servers used during each run are read from /proc and printed. The headline ratio is
+flow trial phase / bare trial phase. Goal: <= 1.05 (at most 5% more wall time). The whole
+flow (call to return, with data preparation, retraining, registration) is reported against the
+bare loop plus its data preparation, without a goal: it does more work.
 """
 
 from __future__ import annotations
@@ -77,8 +79,9 @@ def overrides(workdir: Path, trials: int, quick: bool, uri: str | None) -> list[
 
 
 def _task_runs(flow_run_id: Any, expected: int, timeout: float = 60.0) -> list[Any]:
-    """The flow run's task runs once the server has recorded all `expected` in a final state
-    (task run states reach the server as events, a moment after the flow returns)."""
+    """The flow run's task runs once the server has recorded at least `expected`, `end-study`
+    among them, in a final state (task run states reach the server as events, a moment after
+    the flow returns)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
@@ -89,7 +92,7 @@ def _task_runs(flow_run_id: Any, expected: int, timeout: float = 60.0) -> list[A
                 flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])), limit=200
             )
             final = [r for r in runs if r.state is not None and r.state.is_final()]
-            if len(final) >= expected:
+            if len(final) >= expected and any(r.name.startswith("end-study") for r in final):
                 return final
             if time.monotonic() > deadline:
                 raise RuntimeError(
@@ -116,8 +119,8 @@ def flow_child(trials: int, quick: bool, uri: str) -> dict[str, Any]:
         state = study_flow(config=str(CONFIG), overrides=over, return_state=True)
         whole = time.perf_counter() - start
         result = state.result()
-        # prepare (3) + open-study + trials + the budget-exhausted trial task + summarize,
-        # retrain, similarities, register, end-study
+        # prepare (3) + open-study + trials + at least one budget-exhausted trial task +
+        # summarize, retrain, similarities, register, end-study
         tasks = _task_runs(state.state_details.flow_run_id, trials + 10)
 
         def first(name: str) -> Any:
@@ -141,8 +144,8 @@ def flow_child(trials: int, quick: bool, uri: str) -> dict[str, Any]:
             "whole_seconds": whole,
             "trial_seconds": phases["trials"].total_seconds(),
             "phases": {k: v.total_seconds() for k, v in phases.items()},
-            # From the trial phase's start to the first trial task's start: the process pool
-            # starting, the pool process importing the task and its modules.
+            # From the trial phase's start to the first trial task's start: waiting for the
+            # trial workers' warm-up (imports, numba's cache) where it outlasted preparation.
             "pool_start_seconds": (trial_start - first("open-study").end_time).total_seconds(),
             "trial_tasks": len(trial_tasks),
             "results": _results(study),
@@ -274,6 +277,22 @@ def spawn(side: str, args: argparse.Namespace, env: dict[str, str], uri: str) ->
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def group_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) used so far by the live processes of `pid`'s process group
+    (a server and the workers it forked), read from /proc; 0.0 where there is no /proc."""
+    pgid = os.getpgid(pid)
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = entry.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while we looked
+            continue
+        if int(fields[2]) == pgid:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def measure(args: argparse.Namespace, root: Path) -> dict[str, list[dict[str, Any]]]:
     from servers import MlflowServer, PrefectServer
 
@@ -287,10 +306,21 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, list[dict[str, An
         for r in range(args.repeats):
             # Alternate the order so warm file caches and machine noise fall on both sides.
             for side in ("flow", "bare") if r % 2 == 0 else ("bare", "flow"):
+                before = [group_cpu_seconds(s.proc.pid) for s in (prefect, mlflow_server)]
                 out = spawn(side, args, prefect.env, mlflow_server.uri)
+                after = [group_cpu_seconds(s.proc.pid) for s in (prefect, mlflow_server)]
+                out["server_cpu"] = {
+                    "prefect": after[0] - before[0],
+                    "mlflow": after[1] - before[1],
+                }
                 runs[side].append(out)
                 phases = ", ".join(f"{k} {v:.1f}s" for k, v in out["phases"].items())
-                print(f"{side}: whole {out['whole_seconds']:.1f}s ({phases})", flush=True)
+                cpu = out["server_cpu"]
+                print(
+                    f"{side}: whole {out['whole_seconds']:.1f}s ({phases}); server CPU during "
+                    f"the run: Prefect {cpu['prefect']:.1f}s, MLflow {cpu['mlflow']:.1f}s",
+                    flush=True,
+                )
     finally:
         prefect.stop()
         mlflow_server.stop()
@@ -357,7 +387,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     print(f"| Prefect flow + MLflow server | {tf:.1f} s | {wf:.1f} s |")
     print(
         f"\nflow / bare, trial phase: {tf / tb:.3f} ({100 * (tf / tb - 1):+.1f}%); whole: "
-        f"{wf / wb:.3f}. Of the flow's extra trial time: process pool start {pool:.1f}s, "
+        f"{wf / wb:.3f}. Of the flow's extra trial time: warm-up wait {pool:.1f}s, "
         f"then {1000 * per_trial:.0f} ms per trial. Same parameters, values and best epochs: "
         f"{same}.\nflow phases (best whole run): "
         + ", ".join(f"{k} {v:.1f}s" for k, v in best_flow["phases"].items())
@@ -370,7 +400,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             tf / tb,
             f"the same {args.trials} lastfm-2k trials in optimize(), in-process, no tracking",
             "<= 1.05",
-            note=f"{quick}{tf:.1f} s vs {tb:.1f} s, 1 worker; pool start {pool:.1f} s, "
+            note=f"{quick}{tf:.1f} s vs {tb:.1f} s, 1 worker; warm-up wait {pool:.1f} s, "
             f"{1000 * per_trial:.0f} ms per trial",
         ),
         row(
