@@ -284,19 +284,13 @@ def posts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def test_short_trial_costs_three_requests(
-    tracking_uri: str, study: StudyRun, posts: list[str]
+    tracking_uri: str, study: StudyRun, posts: list[str], tmp_path: Path
 ) -> None:
-    # As a study opens trial runs: created at the first flush (time-based) or at the end.
-    tr = TrialRun.start(
-        tracking_uri,
-        study.experiment_id,
-        study.run_id,
-        40,
-        {"factors": 8, "reg": 0.1},
-        flush_every=None,
-        flush_seconds=600,
-        create_now=False,
-    )
+    from mfstudy.study import MlflowTrialLogs
+
+    # Opened as a study opens trial runs: created at the first flush (time-based) or the end.
+    logs = MlflowTrialLogs(tracking_uri, study.experiment_id, study.run_id, tmp_path, 600.0)
+    tr = logs(40, {"factors": 8, "reg": 0.1})
     for epoch in range(1, 20):
         tr.log_epoch(epoch, _curve(epoch, 40))
     assert tr.run_id is None and posts == []  # nothing sent while the trial trains
