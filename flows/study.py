@@ -231,22 +231,22 @@ def study_flow(
     cfg = load_study_config(config, overrides or [], n_trials, workers, timeout)
     check_study(cfg)  # config and tracking errors before any data is prepared
     start = time.perf_counter()
-    workers = cfg.study.workers
-    runner = trial_runner(task_runner, workers, dask_address)
+    n_workers = cfg.study.workers
+    runner = trial_runner(task_runner, n_workers, dask_address)
     trials = None
     if task_runner == "process":
-        trials = local_trials(workers, threads_per_worker(cfg, workers), partial(warm_up, cfg))
+        trials = local_trials(n_workers, threads_per_worker(cfg, n_workers), partial(warm_up, cfg))
     with runner, trials or nullcontext():
         # Trial workers start and warm up while the data is prepared, not after.
         warm = [
             runner.submit(warm_up_task, {"cfg": cfg, "slot": i, "trials": trials})
-            for i in range(workers)
+            for i in range(n_workers)
         ]
         prepared = prepare_data(cfg)
         session = open_study_task(cfg, prepared)
         wait(warm)
         try:
-            run_trials(session, runner, workers, trials)
+            run_trials(session, runner, n_workers, trials)
         except BaseException:
             end_study_task(session, "interrupted")
             raise
