@@ -47,7 +47,6 @@ import json
 import os
 import platform
 import shlex
-import signal
 import subprocess
 import sys
 import threading
@@ -58,6 +57,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
+# As every bench script: tests/servers.py holds the process helpers the tests use too.
+sys.path.insert(0, str(REPO / "tests"))
+from servers import stop_group  # noqa: E402
 
 # name -> (arguments for the full run as recorded in bench/RESULTS.md, arguments for --quick).
 # Each script's defaults are its full settings unless listed here.
@@ -203,11 +205,11 @@ def run_one(name: str, args: list[str], timeout: float | None) -> tuple[list[dic
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        _stop_group(proc)
+        stop_group(proc, term_wait=15)
         reader.join(timeout=5)
         return [_failed(name, f"still running after {timeout:.0f}s")], timeout or 0.0, shown
     except BaseException:
-        _stop_group(proc)
+        stop_group(proc, term_wait=15)
         raise
     reader.join()
     seconds = time.perf_counter() - start
@@ -226,19 +228,6 @@ def run_one(name: str, args: list[str], timeout: float | None) -> tuple[list[dic
 def _failed(name: str, why: str) -> dict[str, Any]:
     note = f"FAILED: {why} (see its output above)"
     return normalise(row(name, "-", None, "-", None, None, note), name)
-
-
-def _stop_group(proc: subprocess.Popen[str]) -> None:
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 # ----------------------------------------------------------------------------- report

@@ -51,7 +51,9 @@ def one_study(tmp: Path, trials: int, uri: str | None) -> float:
         from mfstudy import tracking
 
         parent = tracking.start_study(uri, f"overhead-{tmp.name}", cfg.name, {}, {}, None)
-        tracker = MlflowTrialLogs(uri, parent.experiment_id, parent.run_id, tmp / "spool")
+        tracker = MlflowTrialLogs(
+            uri, parent.experiment_id, parent.run_id, tmp / "spool", cfg.tracking.flush_seconds
+        )
     ctx = TrialContext(cfg, spec, cfg.name, data, trials, threads=2, tracker=tracker)
     start = time.perf_counter()
     run_workers(ctx, 1)

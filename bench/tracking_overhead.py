@@ -29,10 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_all import emit, row
 from servers import MlflowServer
 
+from mfstudy.config import TrackingSettings
 from mfstudy.study import MlflowTrialLogs
 from mfstudy.tracking import start_study
 
 RUNS, METRICS, EPOCHS, REPEATS = 3, 5, 20, 3
+SPOOL = Path(tempfile.gettempdir())  # used only if the server failed, which fails the bench
 
 
 def metrics_at(epoch: int) -> dict[str, float]:
@@ -42,7 +44,8 @@ def metrics_at(epoch: int) -> dict[str, float]:
 def batched(uri: str, exp_id: str, parent: str) -> float:
     t0 = time.perf_counter()
     for n in range(RUNS):
-        tr = MlflowTrialLogs(uri, exp_id, parent, Path(tempfile.gettempdir()))(n, {"n": n})
+        logs = MlflowTrialLogs(uri, exp_id, parent, SPOOL, TrackingSettings().flush_seconds)
+        tr = logs(n, {"n": n})
         for epoch in range(1, EPOCHS + 1):
             tr.log_epoch(epoch, metrics_at(epoch))
         assert tr.end("complete").delivered

@@ -81,7 +81,7 @@ class MlflowTrialLogs:
     experiment_id: str
     parent_run_id: str
     spool_dir: Path
-    flush_seconds: float = 15.0
+    flush_seconds: float
 
     def __call__(self, number: int, params: dict[str, Any]) -> Any:
         from mfstudy.tracking import TrialRun

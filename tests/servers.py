@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 QUIET = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -35,7 +36,7 @@ def prefect_exe() -> str:
     return str(exe) if exe.exists() else "prefect"
 
 
-def stop_group(proc: subprocess.Popen[bytes], term_wait: float = 20) -> None:
+def stop_group(proc: subprocess.Popen[Any], term_wait: float = 20) -> None:
     """SIGTERM, then SIGKILL, the process group `proc` leads (its own session)."""
     for sig, wait in ((signal.SIGTERM, term_wait), (signal.SIGKILL, 10)):
         try:
@@ -51,6 +52,35 @@ def stop_group(proc: subprocess.Popen[bytes], term_wait: float = 20) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def spawn_logged(
+    cmd: list[str], log: Path, env: dict[str, str], cwd: Path
+) -> subprocess.Popen[bytes]:
+    """`cmd` with stdout and stderr appended to `log`, in its own session (process group), so
+    :func:`stop_group` reaches whatever it forks."""
+    with open(log, "ab") as fh:
+        return subprocess.Popen(
+            cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
+        )
+
+
+def wait_healthy(
+    proc: subprocess.Popen[bytes], url: str, log: Path, timeout: float, probe: float, pause: float
+) -> bool:
+    """Poll `url` until it answers 200 (True) or `timeout` passes (False); raises with the
+    server's log if the process exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(url, timeout=probe) as r:
+                if r.status == 200:
+                    return True
+        except OSError:
+            time.sleep(pause)
+    return False
 
 
 def free_port() -> int:
@@ -90,35 +120,17 @@ class MlflowServer:
             "--workers",
             "1",
         ]
-        log = open(self.root / "server.log", "ab")
         # Our own session = our own process group: killpg reaches the uvicorn workers.
         # The GenAI job executor (background consumers) is not needed here and slows the boot.
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        self.proc = subprocess.Popen(
-            cmd,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=self.root,
-            env=env,
-            start_new_session=True,
-        )
-        log.close()
+        self.proc = spawn_logged(cmd, self.root / "server.log", env, self.root)
         return self
 
     def wait_healthy(self, timeout: float = 120.0) -> MlflowServer:
         assert self.proc is not None, "launch() first"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"mlflow server exited: {(self.root / 'server.log').read_text()}"
-                )
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=1) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.2)
+        log = self.root / "server.log"
+        if wait_healthy(self.proc, f"{self.uri}/health", log, timeout, probe=1, pause=0.2):
+            return self
         self.stop()
         raise RuntimeError(f"mlflow server not healthy after {timeout}s")
 
@@ -151,42 +163,17 @@ class PrefectServer:
 
     def start(self, timeout: float = 120.0) -> PrefectServer:
         env = {k: v for k, v in self.env.items() if k != "PREFECT_API_URL"}
-        log = open(self.home / "server.log", "ab")
-        self.proc = subprocess.Popen(
-            [prefect_exe(), "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=self.home,
-            start_new_session=True,
-        )
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError((self.home / "server.log").read_text())
-            try:
-                with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.3)
+        log = self.home / "server.log"
+        cmd = [prefect_exe(), "server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
+        self.proc = spawn_logged(cmd, log, env, self.home)
+        if wait_healthy(self.proc, f"{self.api_url}/health", log, timeout, probe=2, pause=0.3):
+            return self
         self.stop()
         raise RuntimeError(f"prefect server not healthy after {timeout}s")
 
     def spawn(self, *args: str, log: Path, cwd: Path) -> subprocess.Popen[bytes]:
         """A long-running `prefect ...` command (a worker) in its own process group."""
-        fh = open(log, "ab")
-        proc = subprocess.Popen(
-            [prefect_exe(), *args],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env=self.env,
-            cwd=cwd,
-            start_new_session=True,
-        )
-        fh.close()
-        return proc
+        return spawn_logged([prefect_exe(), *args], log, self.env, cwd)
 
     def run(
         self, *args: str, cwd: Path, timeout: float = 300, env: dict[str, str] | None = None
@@ -204,14 +191,10 @@ class PrefectServer:
         try:
             out, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            stop_group(proc)  # type: ignore[arg-type]
+            stop_group(proc)
             out, _ = proc.communicate()
             raise AssertionError(f"prefect {' '.join(args)} timed out:\n{out}") from None
         return subprocess.CompletedProcess(proc.args, proc.returncode, out, None)
-
-    @staticmethod
-    def stop_group(proc: subprocess.Popen[bytes]) -> None:
-        stop_group(proc)
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -132,41 +132,34 @@ class Transport:
         params: dict[str, str] | None = None,
         tags: dict[str, str] | None = None,
     ) -> None:
-        """Send metrics `(key, value, timestamp_ms, step)`, params and tags, chunked to limits."""
+        """Send metrics `(key, value, timestamp_ms, step)`, params and tags in one request.
+
+        The batch must fit the server's limits; the caller splits larger records
+        (`_Pending.deliver`, which also drops each part only once its request was accepted).
+        """
         m = [Metric(k, float(v), int(ts), int(step)) for k, v, ts, step in metrics]
         p = [Param(k, v) for k, v in (params or {}).items()]
         t = [RunTag(k, v) for k, v in (tags or {}).items()]
+        if (
+            len(p) > MAX_PARAMS_TAGS_PER_BATCH
+            or len(t) > MAX_PARAMS_TAGS_PER_BATCH
+            or len(m) > MAX_METRICS_PER_BATCH
+            or len(m) + len(p) + len(t) > MAX_ENTITIES_PER_BATCH
+        ):
+            raise ValueError(
+                f"batch of {len(m)} metrics, {len(p)} params, {len(t)} tags exceeds MLflow's "
+                "limits; split it first"
+            )
         if not is_http_uri(self.uri):
             self.client.log_batch(run_id, metrics=m, params=p, tags=t, synchronous=True)
             return
-        if (
-            len(p) <= MAX_PARAMS_TAGS_PER_BATCH
-            and len(t) <= MAX_PARAMS_TAGS_PER_BATCH
-            and len(m) <= MAX_METRICS_PER_BATCH
-            and len(m) + len(p) + len(t) <= MAX_ENTITIES_PER_BATCH
-        ):
-            # One request when it fits the server's limits (the trial's usual case).
-            msg = LogBatch(
-                run_id=run_id,
-                metrics=[x.to_proto() for x in m],
-                params=[x.to_proto() for x in p],
-                tags=[x.to_proto() for x in t],
-            )
-            self._post("runs/log-batch", msg)
-            return
-        # Otherwise params and tags first (small), then metrics in chunks the server accepts.
-        for i in range(0, max(len(p), len(t)), MAX_PARAMS_TAGS_PER_BATCH):
-            sl = slice(i, i + MAX_PARAMS_TAGS_PER_BATCH)
-            msg = LogBatch(
-                run_id=run_id,
-                params=[x.to_proto() for x in p[sl]],
-                tags=[x.to_proto() for x in t[sl]],
-            )
-            self._post("runs/log-batch", msg)
-        for i in range(0, len(m), MAX_METRICS_PER_BATCH):
-            chunk = m[i : i + MAX_METRICS_PER_BATCH]
-            msg = LogBatch(run_id=run_id, metrics=[x.to_proto() for x in chunk])
-            self._post("runs/log-batch", msg)
+        msg = LogBatch(
+            run_id=run_id,
+            metrics=[x.to_proto() for x in m],
+            params=[x.to_proto() for x in p],
+            tags=[x.to_proto() for x in t],
+        )
+        self._post("runs/log-batch", msg)
 
     def end_run(self, run_id: str, status: str, end_time: int) -> None:
         """Mark the run terminated with `status` (FINISHED, KILLED or FAILED)."""

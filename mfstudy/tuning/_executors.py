@@ -64,12 +64,12 @@ class TrialExecutor(Protocol):
 class InProcessTrials:
     """One worker: calls run in the caller's process, one at a time (a lock queues the rest).
 
-    Log lines go straight to the `mfstudy` loggers, so :meth:`run` returns none.
+    Log lines go straight to the `mfstudy` loggers, so :meth:`run` returns none; threads are
+    capped by each trial itself (`one_trial`), as in `mfstudy study`.
     """
 
-    def __init__(self, threads: int, warm_up: Callable[[], Any] | None = None) -> None:
+    def __init__(self, warm_up: Callable[[], Any] | None = None) -> None:
         self.workers = 1
-        self.threads = threads
         self._warm_up = warm_up
         self._lock = threading.Lock()
         self._warmed: float | None = None
@@ -195,5 +195,5 @@ def local_trials(
 ) -> InProcessTrials | TrialProcesses:
     """In this process for one worker (as `mfstudy study` does), else long-lived processes."""
     if workers == 1:
-        return InProcessTrials(threads, warm_up)
+        return InProcessTrials(warm_up)
     return TrialProcesses(workers, threads, warm_up)

@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 from mlflow import MlflowClient
+from servers import stop_group
 
 from helpers import REPO
 
@@ -149,7 +150,7 @@ def test_deploy_and_run_the_study_and_the_nightly_retraining(
         )
         assert res.returncode == 0, res.stdout + (tmp_path / "worker.log").read_text()
     finally:
-        prefect_server.stop_group(worker)
+        stop_group(worker)
     assert set(p.name for p in REPO.iterdir()) == before, "deploying wrote into the repo"
 
     # MLflow: the study's parent run with one nested run per trial, a registered champion,

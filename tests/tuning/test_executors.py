@@ -74,7 +74,7 @@ def test_processes_stay_with_the_caller() -> None:
 
 def test_in_process_runs_one_call_at_a_time_and_warms_once() -> None:
     warmed: list[int] = []
-    trials = InProcessTrials(threads=2, warm_up=lambda: warmed.append(1))
+    trials = InProcessTrials(warm_up=lambda: warmed.append(1))
     active, overlaps = [0], [0]
     guard = threading.Lock()
 
