@@ -49,6 +49,7 @@ __all__ = [
     "StudySession",
     "check_study",
     "close_study",
+    "data_fingerprint",
     "end_study",
     "holdout_fingerprint",
     "input_checksum",
@@ -119,6 +120,21 @@ def holdout_fingerprint(prepared: Prepared) -> str:
         h.update(m.indptr.tobytes())
         h.update(m.indices.tobytes())
     h.update(prepared.users.tobytes())
+    return h.hexdigest()[:16]
+
+
+def data_fingerprint(prepared: Prepared) -> str:
+    """Identifies the prepared data itself: every interaction with its weight, the raw ids
+    behind the rows and columns, and the holdout. Equal fingerprints mean a model trained and
+    scored on either would be the same model with the same score."""
+    h = hashlib.sha256(holdout_fingerprint(prepared).encode())
+    full = prepared.full
+    h.update(np.asarray(full.shape, np.int64).tobytes())
+    for part in (full.indptr, full.indices, full.data):
+        h.update(np.ascontiguousarray(part).tobytes())
+    for ids in (prepared.interactions.user_ids, prepared.interactions.item_ids):
+        h.update("\x1f".join(map(str, np.asarray(ids).tolist())).encode())
+        h.update(b"\x1e")
     return h.hexdigest()[:16]
 
 
