@@ -83,14 +83,16 @@ def prepare(
 ) -> None:
     """Ingest, de-duplicate, threshold and split; write matrices, id maps and stats.json."""
     from mfstudy.config import load_config
+    from mfstudy.prepare import check_output_folder, write_prepared
     from mfstudy.prepare import prepare as run_prepare
-    from mfstudy.prepare import write_prepared
 
     cfg = load_config(config, set_ or [])
+    dest = out or Path("runs") / cfg.name / "data"
+    check_output_folder(dest)  # before the data is read, not after minutes of work
     start = time.perf_counter()
     with console.status(f"preparing [bold]{cfg.name}[/] ({cfg.data.source})"):
         prepared = run_prepare(cfg)
-        dest = write_prepared(prepared, out or Path("runs") / cfg.name / "data")
+        dest = write_prepared(prepared, dest)
     _print_stats(prepared.stats, time.perf_counter() - start)
     typer.echo(str(dest))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ __all__ = [
     "Ingested",
     "Prepared",
     "Thresholded",
+    "check_output_folder",
     "ingest",
     "prepare",
     "read_prepared",
@@ -131,14 +132,21 @@ def write_prepared(p: Prepared, out: str | os.PathLike[str]) -> Path:
     """Write matrices (`.npz`), id maps (CSV), evaluated users and `stats.json` into `out`.
 
     Files go to a temporary sibling folder first, which replaces `out` only once complete.
+    Only a folder mfstudy wrote (marked by `.mfstudy-prepared`) or an empty one is replaced:
+    anything else is a user's, and a :class:`DataError` says so before a file is written.
     """
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        # It would be moved aside and never removed (rmtree skips files).
-        raise DataError(f"{out}: exists and is not a folder; choose another output folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    check_output_folder(out)
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # mkdir, not mkdtemp: the folder gets the user's umask (mkdtemp's is 0700, which the
+        # rename would hand on to `out`).
+        tmp = out.parent / f".{out.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+    except OSError as exc:
+        raise DataError(f"{out}: cannot write the output folder ({exc.strerror})") from None
+    try:
+        (tmp / MARKER).write_text("Written by mfstudy prepare; replaced on the next write.\n")
         for name, m in (
             ("full", p.full),
             ("train", p.train),
@@ -163,6 +171,39 @@ def write_prepared(p: Prepared, out: str | os.PathLike[str]) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+#: Marks a folder `write_prepared` wrote, so it may replace it; no other folder is replaced.
+MARKER = ".mfstudy-prepared"
+#: What `write_prepared` writes: a folder holding only these (written before the marker
+#: existed) is mfstudy's too.
+_WRITTEN = frozenset(
+    ["full.npz", "train.npz", "test.npz", "foldin.npz", "users.csv", "items.csv",
+     "users_evaluated.npy", "stats.json", MARKER]
+)  # fmt: skip
+
+
+def check_output_folder(out: Path) -> None:
+    """Raise :class:`DataError` unless `write_prepared` may write (and replace) `out`."""
+    if out.exists() and not out.is_dir():
+        # It would be moved aside and never removed (rmtree skips files).
+        raise DataError(f"{out}: exists and is not a folder; choose another output folder")
+    here = Path.cwd().resolve()
+    if out.resolve() == here or out.resolve() in here.parents:
+        raise DataError(
+            f"{out}: is the current folder or holds it, and would be replaced; choose a new "
+            "output folder"
+        )
+    if out.is_dir():
+        try:
+            names = {p.name for p in out.iterdir()}
+        except OSError as exc:
+            raise DataError(f"{out}: cannot read the output folder ({exc.strerror})") from None
+        if names and MARKER not in names and not names <= _WRITTEN:
+            raise DataError(
+                f"{out}: exists, is not empty and was not written by mfstudy (no {MARKER}); "
+                "choose a new or empty output folder"
+            )
 
 
 def _replace_dir(src: Path, dst: Path) -> None:

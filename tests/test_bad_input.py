@@ -124,6 +124,26 @@ def _nan_weight(inp: Path, mirror: str) -> Bad:
     )
 
 
+@case("prepare")
+def _out_folder_not_written_by_mfstudy(inp: Path, mirror: str) -> Bad:
+    mine = inp / "mine"
+    _write(mine / "notes.txt", "a user's own file")
+    return Bad(["--out", str(mine)], f"{mine}: exists, is not empty and was not written by mfstudy")
+
+
+@case("prepare")
+def _out_is_the_current_folder(inp: Path, mirror: str) -> Bad:
+    return Bad(["--out", "."], ".: is the current folder or holds it")
+
+
+@case("prepare")
+def _out_unwritable(inp: Path, mirror: str) -> Bad:
+    blocker = _write(inp / "a-file", "")
+    return Bad(
+        ["--out", str(blocker / "sub")], f"{blocker / 'sub'}: cannot write the output folder"
+    )
+
+
 def _ml100k_with_bad_user(inp: Path) -> Path:
     """A copy of MovieLens 100k whose 5th rating has the user id `abc` (never the original)."""
     src = shared_data_dir()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 
 from mfstudy import prepare as prepare_mod
 from mfstudy.config import load_config
+from mfstudy.errors import DataError
 from mfstudy.prepare import prepare, read_prepared, write_prepared
 
 SMALL = ["data.n_users=400", "data.n_items=200", "data.n_interactions=12000"]
@@ -67,3 +70,54 @@ def test_failed_write_leaves_nothing_and_keeps_the_old_output(
         write_prepared(p, tmp_path / "other")
     assert sorted(x.name for x in tmp_path.iterdir()) == ["prep"]
     assert sorted(x.name for x in out.iterdir()) == before
+
+
+def test_a_folder_mfstudy_did_not_write_is_never_replaced(tmp_path: Path) -> None:
+    p = prepare(load_config(None, SMALL))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("a user's own file")
+    with pytest.raises(DataError, match="not written by mfstudy"):
+        write_prepared(p, mine)
+    assert [x.name for x in mine.iterdir()] == ["notes.txt"]
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["mine"], "no temporary sibling left"
+    # Its own output, even one written before the marker existed, is replaced as before.
+    out = write_prepared(p, tmp_path / "prep")
+    assert (out / prepare_mod.MARKER).is_file()
+    (out / prepare_mod.MARKER).unlink()
+    write_prepared(p, out)
+    assert (out / prepare_mod.MARKER).is_file()
+    # An empty folder is fine too.
+    (tmp_path / "empty").mkdir()
+    assert read_prepared(write_prepared(p, tmp_path / "empty")).train.nnz == p.train.nnz
+
+
+def test_the_current_folder_and_its_parents_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = prepare(load_config(None, SMALL))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    for out in (".", "..", str(work)):
+        with pytest.raises(DataError, match="is the current folder or holds it"):
+            write_prepared(p, out)
+    assert list(work.iterdir()) == []
+
+
+def test_output_folder_follows_the_umask(tmp_path: Path) -> None:
+    p = prepare(load_config(None, SMALL))
+    old = os.umask(0o022)
+    try:
+        out = write_prepared(p, tmp_path / "prep")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+
+
+def test_an_unwritable_output_is_one_line(tmp_path: Path) -> None:
+    p = prepare(load_config(None, SMALL))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(DataError, match="cannot write the output folder") as err:
+        write_prepared(p, tmp_path / "file" / "sub")
+    assert "\n" not in str(err.value)
