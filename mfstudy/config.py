@@ -51,6 +51,8 @@ __all__ = [
 ]
 
 DATA_DIR_ENV = "MFSTUDY_DATA_DIR"
+#: Seeds reach NumPy's and numba's generators (`np.random.seed`), which take 0 <= seed < 2**32.
+MAX_SEED = 2**32 - 1
 
 Weighting = Literal["binary", "sum", "max", "mean"]
 
@@ -321,7 +323,7 @@ class SamplerConfig(_Config):
     """Random trials before TPE starts modelling."""
     constant_liar: bool = True
     """TPE avoids proposing what running trials already test (matters with parallel workers)."""
-    seed: int | None = Field(None, ge=0)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
     """Seed of the sampler alone (to repeat a search on the same split); default: derived
     from the study seed."""
 
@@ -495,7 +497,7 @@ class StudyConfig(_Config):
 
     name: str = Field("quickstart", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     """Study name: used for the output folder, the Optuna study and the MLflow experiment."""
-    seed: int = Field(42, ge=0)
+    seed: int = Field(42, ge=0, le=MAX_SEED)
     """The one seed every random choice (data generation, split, models) flows from."""
     data: DataSource = Field(default_factory=SyntheticSource)
     """Where the interactions come from."""

@@ -144,6 +144,13 @@ def _out_unwritable(inp: Path, mirror: str) -> Bad:
     )
 
 
+@case("prepare", "study")
+def _seed_beyond_the_generators(inp: Path, mirror: str) -> Bad:
+    return Bad(
+        ["--set", "seed=4294967296"], "seed: Input should be less than or equal to 4294967295"
+    )
+
+
 def _ml100k_with_bad_user(inp: Path) -> Path:
     """A copy of MovieLens 100k whose 5th rating has the user id `abc` (never the original)."""
     src = shared_data_dir()

@@ -81,3 +81,32 @@ def test_overrides_apply_and_validate() -> None:
         load_config(None, ["name.x=1"])
     with pytest.raises(ConfigError, match="'name' is not a section"):
         load_config(None, ["name=a", "name.x=1"])
+
+
+def test_every_accepted_seed_works_and_larger_ones_are_refused() -> None:
+    import numpy as np
+    import scipy.sparse as sp
+
+    from mfstudy.config import MAX_SEED
+    from mfstudy.data import generate_synthetic
+    from mfstudy.models import model_class
+    from mfstudy.tuning import make_sampler
+
+    with pytest.raises(ConfigError, match="seed") as err:
+        load_config(None, [f"seed={MAX_SEED + 1}"])
+    assert "\n" not in str(err.value)
+    # The largest seed reaches every generator it seeds: samplers (per worker, wrapped), the
+    # synthetic data, the models' own generators (numba's included).
+    cfg = load_config(None, [f"seed={MAX_SEED}", "study.sampler.kind=random"])
+    for kind in ("tpe", "random"):
+        sampler_cfg = cfg.study.sampler.model_copy(update={"kind": kind})
+        for worker in (0, 5):
+            assert make_sampler(sampler_cfg, cfg, worker) is not None
+    raw = generate_synthetic(
+        cfg.data.model_copy(update={"n_users": 60, "n_items": 40, "n_interactions": 900}), MAX_SEED
+    )
+    m = raw.frame
+    x = sp.csr_matrix((np.ones(len(m), np.float32), (m["user"], m["item"])), shape=(60, 40))
+    x.sum_duplicates()
+    for family in ("wrmf", "sgd", "als"):
+        model_class(family)(factors=4, iterations=2, seed=MAX_SEED).fit(x)

@@ -107,7 +107,9 @@ def make_sampler(
     same startup trials.
     """
     base = cfg.seed if cfg.seed is not None else cfg_all.seed
-    seed = base * 1009 + worker
+    # NumPy's RandomState (behind Optuna's samplers) takes seeds below 2**32: wrap, so every
+    # study seed the config accepts works, and seeds below 4.2 million keep their streams.
+    seed = (base * 1009 + worker) % 2**32
     if cfg.kind == "grid":
         # Not per worker: GridSampler gives trial n the n-th point of its seed-shuffled grid, so
         # every worker must shuffle alike, or two trials land on one point and another point is
