@@ -145,6 +145,10 @@ class TableSource(_Source):
     """Column holding the weight or rating; omitted means every row weighs 1."""
     item_name_col: str | None = None
     """Column holding display names of items, if any."""
+    id_type: Literal["string", "integer"] = "string"
+    """How user and item ids are read. `string` (default): opaque, exactly as written, so `007`
+    and `7` are two users and `3.0` stays `3.0`. `integer`: every id must be a whole number and
+    ids are compared as numbers (`007` and `7` are one user)."""
 
 
 DataSource = Annotated[

@@ -224,22 +224,31 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def _ids_as_written(text: pd.Series) -> np.ndarray:
+    """Raw ids read back as text, then as integers only if every one is an integer's own
+    spelling: integer ids (the public datasets) come back as the numbers they were, and text
+    ids (`007`, `3.0`) exactly as written, never merged or re-spelled by type inference."""
+    values = text.to_numpy(dtype=object)
+    canonical = text.str.fullmatch(r"-?(0|[1-9][0-9]{0,17})").all()
+    return values.astype(np.int64) if canonical and len(values) else values
+
+
 def read_prepared(folder: str | os.PathLike[str]) -> Prepared:
     """Load what `write_prepared` wrote."""
     d = Path(folder)
     if not (d / "stats.json").is_file():
         raise DataError(f"{d}: not a prepared folder (no stats.json); run `mfstudy prepare` first")
     stats = json.loads((d / "stats.json").read_text())
-    users = pd.read_csv(d / "users.csv", keep_default_na=False)
-    items = pd.read_csv(d / "items.csv", keep_default_na=False)
+    users = pd.read_csv(d / "users.csv", keep_default_na=False, dtype={"user_id": str})
+    items = pd.read_csv(d / "items.csv", keep_default_na=False, dtype={"item_id": str})
     full = sp.load_npz(d / "full.npz").tocsr()
     coo = full.tocoo()
     inter = Interactions(
         users=coo.row.astype(np.int32),
         items=coo.col.astype(np.int32),
         weights=coo.data.astype(np.float32),
-        user_ids=users["user_id"].to_numpy(),
-        item_ids=items["item_id"].to_numpy(),
+        user_ids=_ids_as_written(users["user_id"]),
+        item_ids=_ids_as_written(items["item_id"]),
         item_names=items["name"].astype(str).to_numpy(dtype=object) if "name" in items else None,
     )
     foldin = sp.load_npz(d / "foldin.npz").tocsr() if (d / "foldin.npz").exists() else None

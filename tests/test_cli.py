@@ -82,3 +82,21 @@ def test_study_then_recommend_from_the_registered_champion(tmp_path: Path) -> No
     bad = run("recommend", "--model", "models:/quickstart@champion", "--user", "nobody",
               cwd=tmp_path)  # fmt: skip
     assert bad.returncode == 2 and "user 'nobody' is not known" in bad.stderr
+
+
+def test_text_ids_round_trip_through_the_registered_model(tmp_path: Path) -> None:
+    from test_prepare import _odd_ids_table
+
+    _odd_ids_table(tmp_path / "likes.csv")
+    res = run("study", "--n-trials", "1", "--set", "name=odd-ids", "--set",
+              f"data={{source: table, path: {tmp_path / 'likes.csv'}}}", cwd=tmp_path)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    for user in ("7", "007", "3.0"):
+        rec = run("recommend", "--model", "models:/odd-ids@champion", "--user", user, "-k", "3",
+                  cwd=tmp_path)  # fmt: skip
+        assert rec.returncode == 0, rec.stderr
+        rows = [line.split() for line in rec.stdout.strip().splitlines()[1:]]
+        assert [r[0] for r in rows] == ["1", "2", "3"], rec.stdout  # ranks
+    # `7` and `007` are two users: the model knows both, and `7.0` is neither of them.
+    bad = run("recommend", "--model", "models:/odd-ids@champion", "--user", "7.0", cwd=tmp_path)
+    assert bad.returncode == 2 and "user '7.0' is not known" in bad.stderr

@@ -8,6 +8,7 @@ import stat
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from mfstudy import prepare as prepare_mod
@@ -121,3 +122,34 @@ def test_an_unwritable_output_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="cannot write the output folder") as err:
         write_prepared(p, tmp_path / "file" / "sub")
     assert "\n" not in str(err.value)
+
+
+def _odd_ids_table(path: Path) -> pd.DataFrame:
+    """Planted-preference likes whose user ids are text a number parser would change: users
+    u and u + 100 are `7` and `007`, and every third user is spelled like a float (`5.0`)."""
+    from mfstudy.config import SyntheticSource
+    from mfstudy.data import generate_synthetic
+
+    raw = generate_synthetic(
+        SyntheticSource(n_users=200, n_items=80, n_interactions=6000, affinity=3.0), 5
+    )
+    frame = raw.frame[["user", "item"]].drop_duplicates()
+
+    def spell(u: int) -> str:
+        base = str(u % 100) + (".0" if u % 3 == 0 else "")
+        return base.zfill(3) if u >= 100 else base
+
+    frame = frame.assign(user=frame["user"].map(spell), item=frame["item"].map("i{}".format))
+    frame.to_csv(path, index=False)
+    return frame
+
+
+def test_text_ids_round_trip_exactly(tmp_path: Path) -> None:
+    frame = _odd_ids_table(tmp_path / "likes.csv")
+    cfg = load_config(None, [f"data={{source: table, path: {tmp_path / 'likes.csv'}}}"])
+    p = prepare(cfg)
+    ids = set(p.interactions.user_ids.tolist())
+    assert {"7", "007", "3.0"} <= ids and ids <= set(frame["user"])
+    back = read_prepared(write_prepared(p, tmp_path / "prep"))
+    assert back.interactions.user_ids.tolist() == p.interactions.user_ids.tolist()
+    assert back.interactions.item_ids.tolist() == p.interactions.item_ids.tolist()

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pandas.api.types import is_integer_dtype, is_numeric_dtype
+from pandas.api.types import is_integer_dtype, is_numeric_dtype, is_string_dtype
 
 from mfstudy.config import (
     DataSource,
@@ -178,12 +178,14 @@ def _interactions(
     rows: str,
     labels: dict[str, str] | None = None,
     integer_ids: bool = False,
+    text_ids: bool = False,
 ) -> pd.DataFrame:
     """Validate the id and weight columns of `frame` and return `user`, `item`, `weight`.
 
     With `integer_ids` (the public datasets, whose ids are numbers) every id must be an
     integer: one stray string would otherwise turn the whole column into text and silently
-    change the ids and their order.
+    change the ids and their order. With `text_ids` (table sources by default) ids are
+    opaque text: integer columns become their digits, any other non-text type is refused.
     """
     labels = labels or {}
 
@@ -195,7 +197,12 @@ def _interactions(
         na = frame[c].isna().to_numpy()
         if na.any():
             raise _fail(path, label(c), rows, na, "missing id")
-        ids[c] = _integer_ids(path, frame[c], label(c), rows) if integer_ids else frame[c]
+        if integer_ids:
+            ids[c] = _integer_ids(path, frame[c], label(c), rows)
+        elif text_ids:
+            ids[c] = _text_ids(path, frame[c], label(c))
+        else:
+            ids[c] = frame[c]
     if weight is None:
         w = np.ones(len(frame), dtype=np.float64)
     else:
@@ -374,6 +381,21 @@ def _read_parquet(path: Path, needed: list[str]) -> pd.DataFrame:
     return frame
 
 
+def _text_ids(path: Path, col: pd.Series, label: str) -> pd.Series:
+    """An id column (without missing values) as text: strings as they are, integers as their
+    digits; any other type (floats, timestamps, lists: typed Parquet columns) is refused rather
+    than turned into a guess."""
+    if is_integer_dtype(col.dtype):
+        return col.astype(str).astype(object)
+    # pandas calls an object column of lists "string" too: check the values themselves.
+    if is_string_dtype(col.dtype) and col.map(lambda v: v is None or isinstance(v, str)).all():
+        return col.astype(object)
+    raise DataError(
+        f"{path}: {label} holds {col.dtype} values; ids must be strings or integers "
+        "(set data.id_type=integer to read whole numbers)"
+    )
+
+
 def load_table(source: TableSource) -> RawInteractions:
     """Any CSV, TSV or Parquet file with one row per interaction, columns named by `source`."""
     p = source.path
@@ -382,19 +404,33 @@ def load_table(source: TableSource) -> RawInteractions:
         if extra is not None and extra not in needed:
             needed.append(extra)
     fmt = _table_format(source)
+    integer = source.id_type == "integer"
+    id_cols = [source.user_col, source.item_col]
     if fmt == "parquet":
         frame = _read_parquet(p, needed)
         rows = _PARQUET_ROWS
     else:
         sep = source.sep if source.sep is not None else ("," if fmt == "csv" else "\t")
-        frame = _read_with_header(p, needed, sep_key="data.sep", sep=sep, encoding="utf-8")
+        # Ids as text unless told otherwise: inferred numbers would merge `007` with `7`, and one
+        # `3.0` would turn every id of the column into a float.
+        dtype = {} if integer else dict.fromkeys(id_cols, str)
+        frame = _read_with_header(
+            p, needed, sep_key="data.sep", sep=sep, encoding="utf-8", dtype=dtype
+        )
         rows = _HEADER_ROWS
     out = _interactions(
-        p, frame, user=source.user_col, item=source.item_col, weight=source.weight_col, rows=rows
+        p,
+        frame,
+        user=source.user_col,
+        item=source.item_col,
+        weight=source.weight_col,
+        rows=rows,
+        integer_ids=integer,
+        text_ids=not integer,
     )
     names = None
     if source.item_name_col is not None:
-        names = _names(frame[source.item_col], frame[source.item_name_col])
+        names = _names(out["item"], frame[source.item_name_col])
     return RawInteractions(frame=out, source=str(p), item_names=names)
 
 

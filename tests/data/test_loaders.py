@@ -163,8 +163,10 @@ def test_table_csv_with_names_and_quoted_commas(tmp_path: Path) -> None:
             path=path, user_col="uid", item_col="iid", weight_col="stars", item_name_col="title"
         )
     )
-    assert raw.frame.values.tolist() == [[1, 10, 4.5], [2, 10, 1.0], [2, 11, 0.0]]
-    assert raw.item_names is not None and raw.item_names.to_dict() == {10: "Heat, The", 11: "Up"}
+    # Ids are opaque text by default (data.id_type).
+    assert raw.frame.values.tolist() == [["1", "10", 4.5], ["2", "10", 1.0], ["2", "11", 0.0]]
+    assert raw.item_names is not None
+    assert raw.item_names.to_dict() == {"10": "Heat, The", "11": "Up"}
 
 
 def test_table_tsv_without_weight_gz(tmp_path: Path) -> None:
@@ -181,7 +183,7 @@ def test_table_explicit_format_and_sep(tmp_path: Path) -> None:
     path = tmp_path / "t.txt"
     path.write_text("user;item;w\n1;2;3\n", encoding="utf-8")
     raw = load_table(TableSource(path=path, format="csv", sep=";", weight_col="w"))
-    assert raw.frame.values.tolist() == [[1, 2, 3.0]]
+    assert raw.frame.values.tolist() == [["1", "2", 3.0]]
 
 
 def test_table_parquet(tmp_path: Path) -> None:
@@ -192,8 +194,8 @@ def test_table_parquet(tmp_path: Path) -> None:
     raw = load_table(
         TableSource(path=path, user_col="u", item_col="i", weight_col="w", item_name_col="n")
     )
-    assert raw.frame.values.tolist() == [[1, 7, 1.0], [2, 8, 2.0], [3, 7, 3.0]]
-    assert raw.item_names is not None and raw.item_names.to_dict() == {7: "a", 8: "b"}
+    assert raw.frame.values.tolist() == [["1", "7", 1.0], ["2", "8", 2.0], ["3", "7", 3.0]]
+    assert raw.item_names is not None and raw.item_names.to_dict() == {"7": "a", "8": "b"}
 
 
 def test_load_dispatches_synthetic() -> None:
@@ -218,18 +220,23 @@ frames = st.integers(1, 40).flatmap(
 @settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(data=frames, fmt=st.sampled_from(["csv", "tsv", "parquet"]))
-def test_table_round_trip(tmp_path: Path, data: dict[str, list[float]], fmt: str) -> None:
-    """What a table file holds is what the loader returns, in every format."""
+@given(data=frames, fmt=st.sampled_from(["csv", "tsv", "parquet"]), integer=st.booleans())
+def test_table_round_trip(
+    tmp_path: Path, data: dict[str, list[float]], fmt: str, integer: bool
+) -> None:
+    """What a table file holds is what the loader returns, in every format: integer ids as
+    their digits by default, as numbers with `id_type=integer`."""
     df = pd.DataFrame(data)
     path = tmp_path / f"t.{fmt}"
     if fmt == "parquet":
         df.to_parquet(path)
     else:
         df.to_csv(path, sep="," if fmt == "csv" else "\t", index=False)
-    got = load_table(TableSource(path=path, weight_col="weight")).frame
-    np.testing.assert_array_equal(got["user"].to_numpy(), df["user"].to_numpy())
-    np.testing.assert_array_equal(got["item"].to_numpy(), df["item"].to_numpy())
+    id_type = "integer" if integer else "string"
+    got = load_table(TableSource(path=path, weight_col="weight", id_type=id_type)).frame
+    for c in ("user", "item"):
+        want = df[c].to_numpy() if integer else df[c].astype(str).to_numpy()
+        np.testing.assert_array_equal(got[c].to_numpy(), want)
     np.testing.assert_array_equal(got["weight"].to_numpy(), df["weight"].to_numpy())
 
 
@@ -417,3 +424,35 @@ def test_lastfm_missing_column(data_dir: Path, tmp_path: Path) -> None:
     msg = _one_line(err)
     assert "user_artists.dat: column 'weight' not found" in msg
     assert "columns found: 'userID', 'artistID', 'plays'" in msg
+
+
+def test_table_ids_are_opaque_text_unless_told(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("user,item\n007,1\n7,1\n3.0,2\n7,2\n", encoding="utf-8")
+    frame = load_table(TableSource(path=path)).frame
+    assert frame["user"].tolist() == ["007", "7", "3.0", "7"]  # three users, as written
+    assert load(TableSource(path=path, id_type="integer"), seed=0).frame["user"].tolist() == [
+        7,
+        7,
+        3,
+        7,
+    ]
+    path.write_text("user,item\n7,1\nx7,1\n", encoding="utf-8")
+    with pytest.raises(DataError, match="id 'x7' is not an integer"):
+        load_table(TableSource(path=path, id_type="integer"))
+
+
+@pytest.mark.parametrize(
+    "column",
+    [
+        [1.0, 2.0],
+        pd.to_datetime(["2024-01-01", "2024-01-02"]),
+        [[1], [2]],
+    ],
+    ids=["float", "timestamp", "list"],
+)
+def test_parquet_ids_of_other_types_are_refused(tmp_path: Path, column: object) -> None:
+    path = tmp_path / "t.parquet"
+    pd.DataFrame({"user": column, "item": ["a", "b"]}).to_parquet(path)
+    with pytest.raises(DataError, match=r"column 'user' holds .* ids must be strings or integers"):
+        load_table(TableSource(path=path))
