@@ -53,6 +53,10 @@ __all__ = [
 DATA_DIR_ENV = "MFSTUDY_DATA_DIR"
 #: Seeds reach NumPy's and numba's generators (`np.random.seed`), which take 0 <= seed < 2**32.
 MAX_SEED = 2**32 - 1
+#: Sane upper bounds, whatever the machine: each worker is a process holding the data, and
+#: OpenMP/BLAS crash when asked for tens of thousands of threads (100,000 segfaulted).
+MAX_WORKERS = 256
+MAX_THREADS = 256
 
 Weighting = Literal["binary", "sum", "max", "mean"]
 
@@ -352,9 +356,9 @@ class StudySettings(_Config):
 
     n_trials: int = Field(20, ge=1)
     """Trials to finish (complete or pruned); a re-run resumes until this many are done."""
-    workers: int = Field(1, ge=1)
+    workers: int = Field(1, ge=1, le=MAX_WORKERS)
     """Trial processes running at once, sharing the study storage."""
-    threads_per_worker: int | None = Field(None, ge=1)
+    threads_per_worker: int | None = Field(None, ge=1, le=MAX_THREADS)
     """BLAS/OpenMP/numba threads per trial; default: cores // workers (never oversubscribe)."""
     timeout: float | None = Field(None, gt=0)
     """Stop starting new trials after this many seconds."""
@@ -376,6 +380,17 @@ class StudySettings(_Config):
     """Registered model name for the retrained best model; default the study name."""
     similar_items_k: int = Field(10, ge=1)
     """Neighbours per item in the item-to-item similarity artifact."""
+
+    @field_validator("register_as")
+    @classmethod
+    def _registrable(cls, value: str | None) -> str | None:
+        # MLflow refuses '/' and ':' in model names, and '@' would be read as an alias in
+        # `models:/<name>@champion`: refuse them now, not after the whole study has run.
+        if value is not None and (not value.strip() or any(c in value for c in "/:@")):
+            raise ValueError(
+                f"{value!r} cannot name a registered model (no '/', ':' or '@', not empty)"
+            )
+        return value
 
 
 class TrackingSettings(_Config):
@@ -625,6 +640,26 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
     return out
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A key given twice in one YAML mapping (PyYAML silently keeps the last)."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys: `study:` written twice would otherwise drop the
+    first section without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise DuplicateKeyError(
+                    f"line {key_node.start_mark.line + 1}: duplicate key {key!r}"
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(
     path: str | os.PathLike[str] | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> StudyConfig:
@@ -633,14 +668,29 @@ def load_config(
     Raises :class:`ConfigError` with one line naming the file and every offending key.
     """
     origin = "<default config>"
-    raw: dict[str, Any] = {}
+    # The embedded default's search space, as if written in a file: `--set
+    # search_space.wrmf.factors=8` then changes one parameter instead of replacing the space.
+    raw: dict[str, Any] = {
+        "search_space": {
+            family: {k: v.model_dump() if isinstance(v, BaseModel) else v for k, v in ps.items()}
+            for family, ps in _default_space().items()
+        }
+    }
     if path is not None:
         origin = str(path)
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"{origin}: config file not found")
         try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+            # A SafeLoader subclass: plain data only, as yaml.safe_load.
+            loaded = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"{origin}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                f"{exc.start}); save the file as UTF-8"
+            ) from None
+        except DuplicateKeyError as exc:
+            raise ConfigError(f"{origin}: {exc}") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark is not None else ""

@@ -97,6 +97,12 @@ def threshold_stage(ingested: Ingested, cfg: StudyConfig) -> Thresholded:
 def split_stage(thresholded: Thresholded, cfg: StudyConfig) -> Prepared:
     """The configured split of the thresholded interactions, with the run's statistics."""
     kept, ing = thresholded.interactions, thresholded.ingested
+    if cfg.evaluation.k > kept.n_items:
+        # Every ranking metric would count items that do not exist; say so before splitting.
+        raise DataError(
+            f"evaluation.k={cfg.evaluation.k} is larger than the catalogue: "
+            f"{kept.n_items:,} items after thresholding"
+        )
     full = kept.to_csr()
     split = make_split(full, cfg.split, seed=cfg.seed)
     foldin: sp.csr_matrix | None = None

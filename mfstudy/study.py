@@ -30,6 +30,7 @@ from mfstudy.tuning import (
     build_model,
     check_sampler,
     check_space,
+    check_tuning,
     constructor_params,
     counts,
     create_study,
@@ -316,6 +317,7 @@ def check_study(cfg: StudyConfig) -> str:
 
     check_space(cfg.search_space, {f: constructor_params(model_class(f)) for f in cfg.search_space})
     check_sampler(cfg)
+    check_tuning(cfg)
     uri = tracking.tracking_uri_for(cfg.tracking.uri, cfg.workdir.resolve())
     tracking.check_reachable(uri)
     return uri

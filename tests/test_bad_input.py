@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from servers import free_port
 
@@ -284,6 +285,119 @@ def _config_file_not_found(inp: Path, mirror: str) -> Bad:
 def _yaml_syntax_error(inp: Path, mirror: str) -> Bad:
     path = _write(inp / "bad.yaml", "name: bad\nsplit:\n  k: [3, 4\n")
     return Bad([str(path)], f"{path}: not valid YAML at line")
+
+
+@case("prepare", "study")
+def _duplicate_yaml_key(inp: Path, mirror: str) -> Bad:
+    path = _write(inp / "dup.yaml", "name: a\nstudy:\n  n_trials: 3\nstudy:\n  workers: 2\n")
+    return Bad([str(path)], f"{path}: line 4: duplicate key 'study'")
+
+
+@case("prepare", "study")
+def _config_not_utf8(inp: Path, mirror: str) -> Bad:
+    path = inp / "latin1.yaml"
+    path.write_bytes("name: caf\u00e9\n".encode("latin-1"))
+    return Bad([str(path)], f"{path}: not UTF-8 text (byte 0xe9 at offset 9)")
+
+
+@case("study")
+def _register_as_with_alias_sign(inp: Path, mirror: str) -> Bad:
+    return Bad(["--set", "study.register_as=model@prod"], "study.register_as: 'model@prod' cannot")
+
+
+@case("study")
+def _register_as_with_slash(inp: Path, mirror: str) -> Bad:
+    return Bad(["--set", "study.register_as=team/model"], "study.register_as: 'team/model' cannot")
+
+
+@case("study")
+def _workers_beyond_bounds(inp: Path, mirror: str) -> Bad:
+    return Bad(["--set", "study.workers=100000"], "study.workers: Input should be less than")
+
+
+@case("study")
+def _threads_beyond_bounds(inp: Path, mirror: str) -> Bad:
+    return Bad(
+        ["--set", "study.threads_per_worker=100000"], "study.threads_per_worker: Input should be"
+    )
+
+
+@case("study")
+def _storage_unknown_scheme(inp: Path, mirror: str) -> Bad:
+    return Bad(["--set", "study.storage=foo://x/y"], "study.storage: unknown database kind 'foo'")
+
+
+@case("study")
+def _storage_driver_missing(inp: Path, mirror: str) -> Bad:
+    return Bad(
+        ["--set", "study.storage=mysql://u@127.0.0.1/db"],
+        "study.storage: the database driver for 'mysql' is not installed",
+    )
+
+
+@case("study")
+def _storage_is_a_folder(inp: Path, mirror: str) -> Bad:
+    return Bad(["--set", f"study.storage={inp}"], f"study.storage: {inp} is a folder")
+
+
+@case("study")
+def _storage_under_a_file(inp: Path, mirror: str) -> Bad:
+    blocker = _write(inp / "a-file", "")
+    return Bad(["--set", f"study.storage=sqlite:///{blocker}/x.db"], f"{blocker} is not a folder")
+
+
+@case("study")
+def _unknown_metric(inp: Path, mirror: str) -> Bad:
+    return Bad(["--set", "study.metric=test_bogus"], "study.metric: 'test_bogus' is not logged")
+
+
+@case("study")
+def _metric_the_family_does_not_log(inp: Path, mirror: str) -> Bad:
+    return Bad(["--set", "study.metric=test_rmse"], "'test_rmse' is not logged for wrmf models")
+
+
+@case("study")
+def _range_the_model_rejects(inp: Path, mirror: str) -> Bad:
+    return Bad(
+        ["--set", "search_space.wrmf.alpha={type: float, low: -5, high: 1}"],
+        "search_space.wrmf.alpha: WRMF: alpha must be a finite number >= 0, got -5.0",
+    )
+
+
+@case("prepare", "study")
+def _k_larger_than_the_catalogue(inp: Path, mirror: str) -> Bad:
+    return Bad(["--set", "evaluation.k=5000"], "evaluation.k=5000 is larger than the catalogue")
+
+
+@case("prepare")
+def _weight_overflows_float32(inp: Path, mirror: str) -> Bad:
+    path = _write(inp / "t.csv", "user,item,w\n1,2,3\n2,3,1e39\n")
+    return Bad(
+        _table(path, "--set", "data.weight_col=w"),
+        f"{path}: column 'w', data row 2 (1-based, header not counted): weight 1e+39 overflows",
+    )
+
+
+@case("prepare")
+def _timestamps_as_weights(inp: Path, mirror: str) -> Bad:
+    path = inp / "t.parquet"
+    stamps = pd.to_datetime(["2024-01-01", "2024-01-02"])
+    pd.DataFrame({"user": ["a", "b"], "item": ["x", "y"], "w": stamps}).to_parquet(path)
+    return Bad(_table(path, "--set", "data.weight_col=w"), f"{path}: column 'w' holds datetime64")
+
+
+@case("prepare")
+def _lists_as_weights(inp: Path, mirror: str) -> Bad:
+    path = inp / "t.parquet"
+    pd.DataFrame({"user": ["a", "b"], "item": ["x", "y"], "w": [[1], [2]]}).to_parquet(path)
+    return Bad(_table(path, "--set", "data.weight_col=w"), "is not a number")
+
+
+@case("prepare")
+def _lists_as_ids(inp: Path, mirror: str) -> Bad:
+    path = inp / "t.parquet"
+    pd.DataFrame({"user": [[1], [2]], "item": ["x", "y"]}).to_parquet(path)
+    return Bad(_table(path), "column 'user' holds object values; ids must be strings or integers")
 
 
 @case("study")

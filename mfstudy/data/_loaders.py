@@ -20,7 +20,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pandas.api.types import is_integer_dtype, is_numeric_dtype, is_string_dtype
+from pandas.api.types import (
+    is_datetime64_any_dtype,
+    is_integer_dtype,
+    is_numeric_dtype,
+    is_string_dtype,
+    is_timedelta64_dtype,
+)
 
 from mfstudy.config import (
     DataSource,
@@ -146,7 +152,11 @@ def _fail(path: Path, label: str, rows: str, mask: np.ndarray, problem: str) -> 
 
 
 def _weights(path: Path, col: pd.Series, label: str, rows: str) -> np.ndarray:
-    """The weight column as finite non-negative float64, or a DataError on the first bad row."""
+    """The weight column as finite non-negative float64 that fits float32 (the matrices' type),
+    or a DataError on the first bad row."""
+    if is_datetime64_any_dtype(col.dtype) or is_timedelta64_dtype(col.dtype):
+        # pandas would turn them into nanosecond counts: weights in the billions, silently.
+        raise DataError(f"{path}: {label} holds {col.dtype} values; weights must be numbers")
     if is_numeric_dtype(col.dtype):
         w = col.to_numpy(dtype=np.float64, na_value=np.nan)
     else:
@@ -165,6 +175,10 @@ def _weights(path: Path, col: pd.Series, label: str, rows: str) -> np.ndarray:
     negative = w < 0
     if negative.any():
         raise _fail(path, label, rows, negative, f"negative weight {w[np.argmax(negative)]:g}")
+    too_big = w > np.finfo(np.float32).max
+    if too_big.any():
+        value = w[np.argmax(too_big)]
+        raise _fail(path, label, rows, too_big, f"weight {value:g} overflows float32 (max 3.4e+38)")
     return w
 
 

@@ -62,6 +62,13 @@ class Recommender(ABC):
         names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
         return {n: getattr(self, n) for n in names}
 
+    @abstractmethod
+    def check_params(self) -> None:
+        """Raise :class:`~mfstudy.errors.ConfigError` (one line naming the parameter) for a
+        hyperparameter this model cannot train with. `fit` calls it first; a study calls it
+        for each end of every searched range, on a model built with that value alone, before
+        any trial runs."""
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"

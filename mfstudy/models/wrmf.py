@@ -118,7 +118,7 @@ class WRMF(Recommender):
 
     # ------------------------------------------------------------------ bookkeeping
 
-    def _check_params(self) -> None:
+    def check_params(self) -> None:
         """Reject hyperparameters implicit would accept silently or crash on obscurely."""
 
         def is_int(v: Any, low: int) -> bool:
@@ -189,7 +189,7 @@ class WRMF(Recommender):
 
     def fit(self, train: sp.csr_matrix, callback: Callback | None = None) -> WRMF:
         """Learn from the users x items weights `train` (counts or likes); see `Recommender`."""
-        self._check_params()
+        self.check_params()
         weights = _as_weights(train, "WRMF.fit train")
         conf = self._confidence_matrix(weights)
         gpu = self._gpu_available()

@@ -5,6 +5,7 @@ for parallel processes) or any RDB URL, and trials run in worker processes that 
 trial at a time.
 """
 
+from mfstudy.tuning._checks import check_tuning
 from mfstudy.tuning._executors import (
     InProcessTrials,
     LogLine,
@@ -54,6 +55,7 @@ __all__ = [
     "build_model",
     "check_sampler",
     "check_space",
+    "check_tuning",
     "constructor_params",
     "counts",
     "create_study",

@@ -270,7 +270,7 @@ def run_trial(
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
-    if cfg.metric not in _metric_keys(cfg, family):
+    if cfg.metric not in metric_keys(cfg, family):
         raise ValueError(f"study.metric {cfg.metric!r} is not logged for {family} models")
     state, error = "complete", None
     try:
@@ -301,7 +301,8 @@ def run_trial(
     return TrialOutcome(trial.number, state, best.value, best.epoch, shown, error)
 
 
-def _metric_keys(cfg: StudyConfig, family: str) -> set[str]:
+def metric_keys(cfg: StudyConfig, family: str) -> set[str]:
+    """The metric keys a trial of `family` logs every evaluated epoch."""
     from mfstudy.evaluation import EXPLICIT_FAMILIES
     from mfstudy.metrics import evaluation_keys
 

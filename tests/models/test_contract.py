@@ -152,6 +152,18 @@ def test_fit_shapes_and_dtypes(family: str, board, fitted: Recommender) -> None:
     assert np.isfinite(p).all() and np.isfinite(qq).all()
 
 
+def test_check_params_names_a_rejected_hyperparameter(family: str, board) -> None:
+    from mfstudy.errors import ConfigError
+    cls = model_class(family)
+    cls().check_params()  # the defaults are trainable
+    bad = cls(iterations=-1)
+    with pytest.raises(ConfigError, match="iterations") as err:
+        bad.check_params()
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="iterations"):
+        bad.fit(board.train)  # fit checks first
+
+
 def test_same_seed_same_model_other_seed_other_model(family: str, board) -> None:
     a = fit(family, board.train, seed=11)
     b = fit(family, board.train, seed=11)

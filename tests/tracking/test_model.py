@@ -50,6 +50,9 @@ class FixedFactors(Recommender):
         self.user_factors = user_factors
         self.item_factors = item_factors
 
+    def check_params(self) -> None:
+        pass  # any factors will do
+
     def fit(self, train: sp.csr_matrix, callback: Callback | None = None) -> FixedFactors:
         self.user_factors_ = np.asarray(self.user_factors, dtype=np.float32)
         self.item_factors_ = np.asarray(self.item_factors, dtype=np.float32)

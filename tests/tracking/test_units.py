@@ -122,6 +122,9 @@ class Dense(Recommender):
     def __init__(self, p: list[list[float]], q: list[list[float]]) -> None:
         self.p, self.q = p, q
 
+    def check_params(self) -> None:
+        pass  # any factors will do
+
     def fit(self, train: sp.csr_matrix, callback: Callback | None = None) -> Dense:
         self.user_factors_ = np.asarray(self.p, dtype=np.float32)
         self.item_factors_ = np.asarray(self.q, dtype=np.float32)

@@ -185,7 +185,7 @@ class _ExplicitMF(Recommender):
 
     # ---------------------------------------------------------------- subclass hooks
 
-    def _validate(self) -> None:
+    def check_params(self) -> None:
         """Raise ConfigError for hyperparameters that cannot be trained with."""
         raise NotImplementedError
 
@@ -220,7 +220,7 @@ class _ExplicitMF(Recommender):
     def fit(self, train: sp.csr_matrix, callback: Callback | None = None) -> _ExplicitMF:
         """Learn from the users x items matrix of ratings `train`; see the module docstring."""
         name = type(self).__name__
-        self._validate()
+        self.check_params()
         data = _ratings(train, f"{name}.fit: train")
         lo, hi = self._rating_bounds(data)
         for attr in _FITTED:
@@ -475,7 +475,7 @@ class SGDMF(_ExplicitMF):
         self.max_rating = max_rating
         self.seed = seed
 
-    def _validate(self) -> None:
+    def check_params(self) -> None:
         n = type(self).__name__
         _int_param(n, "factors", self.factors, 1)
         _int_param(n, "iterations", self.iterations, 1)
@@ -556,7 +556,7 @@ class SGDMF(_ExplicitMF):
         return p.astype(np.float32), q.astype(np.float32)
 
     def _fold_in(self, rows: sp.csr_matrix) -> None:
-        self._validate()
+        self.check_params()
         data = _ratings(rows, "SGDMF.update_users: rows", allow_empty=True)
         if self.kernel == "linear":
             self._fold_in_ridge(data, float(self.reg_bias), float(self.reg_factors))
@@ -606,7 +606,7 @@ class ALSMF(_ExplicitMF):
         self.init_std = init_std
         self.seed = seed
 
-    def _validate(self) -> None:
+    def check_params(self) -> None:
         n = type(self).__name__
         _int_param(n, "factors", self.factors, 1)
         _int_param(n, "iterations", self.iterations, 1)
@@ -639,7 +639,7 @@ class ALSMF(_ExplicitMF):
         )  # fmt: skip
 
     def _fold_in(self, rows: sp.csr_matrix) -> None:
-        self._validate()
+        self.check_params()
         data = _ratings(rows, "ALSMF.update_users: rows", allow_empty=True)
         self._fold_in_ridge(data, float(self.reg_bias), float(self.reg_factors))
 
@@ -677,7 +677,7 @@ class Baseline(_ExplicitMF):
         self.reg = reg
         self.seed = seed
 
-    def _validate(self) -> None:
+    def check_params(self) -> None:
         n = type(self).__name__
         _choice_param(n, "solver", self.solver, ("sgd", "als"))
         _int_param(n, "iterations", self.iterations, 1)
@@ -708,7 +708,7 @@ class Baseline(_ExplicitMF):
         return None
 
     def _fold_in(self, rows: sp.csr_matrix) -> None:
-        self._validate()
+        self.check_params()
         data = _ratings(rows, "Baseline.update_users: rows", allow_empty=True)
         n_new = data.shape[0]
         resid = data.ratings - self.global_mean_ - self.item_biases_[data.items]
