@@ -110,3 +110,16 @@ def test_every_accepted_seed_works_and_larger_ones_are_refused() -> None:
     x.sum_duplicates()
     for family in ("wrmf", "sgd", "als"):
         model_class(family)(factors=4, iterations=2, seed=MAX_SEED).fit(x)
+
+
+def test_set_on_the_embedded_default_merges_into_its_search_space() -> None:
+    default = StudyConfig().search_space["wrmf"]
+    space = load_config(None, ["search_space.wrmf.factors=8"]).search_space["wrmf"]
+    assert space["factors"] == 8
+    assert {k: v for k, v in space.items() if k != "factors"} == {
+        k: v for k, v in default.items() if k != "factors"
+    }
+    # As with a config file: the same override on the shipped quickstart file, same result.
+    assert load_config(REPO / "configs" / "quickstart.yaml", ["search_space.wrmf.factors=8"]) == (
+        load_config(None, ["search_space.wrmf.factors=8"])
+    )
