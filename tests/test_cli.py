@@ -34,7 +34,7 @@ def test_prepare_embedded_default(tmp_path: Path) -> None:
     names = {p.name for p in out.iterdir()}
     assert names == {
         "full.npz", "train.npz", "test.npz", "users.csv", "items.csv",
-        "users_evaluated.npy", "stats.json",
+        "users_evaluated.npy", "stats.json", ".mfstudy-prepared",
     }  # fmt: skip
     stats = json.loads((out / "stats.json").read_text())
     for key in ("rows_read", "duplicates_dropped", "before_threshold", "after_threshold", "seed"):

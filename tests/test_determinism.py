@@ -109,7 +109,7 @@ def test_prepare_same_seed_same_split(
     a, b, c = (_prepared(tmp_path / x) for x in "abc")
 
     expected = {"full.npz", "train.npz", "test.npz", "users.csv", "items.csv"}
-    expected |= {"users_evaluated.npy", "stats.json"}
+    expected |= {"users_evaluated.npy", "stats.json", ".mfstudy-prepared"}
     if source == "ml-100k":
         expected.add("foldin.npz")
     assert set(a) == expected
