@@ -4,6 +4,8 @@ What is compared and why the champion is re-fitted rather than scored as is: see
 `mfstudy/retrain.py`. The data tasks are the study's cached ones, keyed by the input files'
 checksum, so grown data is re-prepared and unchanged data is not. With no champion yet, the
 flow runs the study flow (as a subflow) with `retrain.fallback_trials` trials instead.
+Everything else (the data gate, the unchanged check, the intervals) is in
+`mfstudy.retrain.retrain_champion`.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.states import Failed, State
 
 from flows.study import RunnerKind, artifact_key, load_study_config, prepare_data, study_flow
+from mfstudy.errors import RetrainGateError
 from tasks import retrain_champion_task
 
 __all__ = ["retrain_flow"]
@@ -25,17 +29,31 @@ def retrain_flow(
     overrides: list[str] | None = None,
     task_runner: RunnerKind = "process",
     dask_address: str | None = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | State[Any]:
     """Retrain the champion of the study `config` on today's data; move the alias if the new
     version is not worse than the champion's re-score by more than `retrain.tolerance`.
+
+    Unchanged data ends Completed with decision "unchanged" (nothing registered); a failed
+    data gate (`retrain.max_shrink`, schema) ends Failed with its one line (nothing
+    registered, champion kept).
 
     `task_runner`/`dask_address` are used only by the fallback study (no champion yet).
     """
     logger = get_run_logger()
     cfg = load_study_config(config, overrides or [])
     prepared = prepare_data(cfg)
-    result = retrain_champion_task(cfg, prepared)
     key = artifact_key("retrain", cfg.name)
+    try:
+        result = retrain_champion_task(cfg, prepared)
+    except RetrainGateError as exc:
+        # The champion is kept and nothing registered: the run fails with the gate's one line
+        # as its message (not Prefect's "encountered an exception" wrapper), the artifact
+        # says what changed.
+        create_markdown_artifact(
+            exc.report, key=key, description=f"{cfg.name}: nightly retraining (gate failed)"
+        )
+        logger.error("%s", exc)
+        return Failed(message=str(exc), data=exc)
     if result is None:
         n = cfg.retrain.fallback_trials
         logger.info("no champion yet: running a study of %d trials instead", n)

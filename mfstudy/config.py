@@ -505,6 +505,12 @@ class RetrainSettings(_Config):
     tolerance: float = Field(0.02, ge=0.0, lt=1.0)
     """The retrained model replaces the champion unless its holdout score is worse than the
     champion's re-score by more than this fraction of it (0.02: at most 2% worse)."""
+    max_shrink: float = Field(0.05, ge=0.0, lt=1.0)
+    """The data gate before any retraining: when today's prepared data has lost more than this
+    fraction of the champion's users or interactions, or more than this fraction of the
+    champion's user or item ids are absent today (even if as many new ones came), or its
+    schema (source kind, columns and dtypes read) changed, the champion is kept, nothing is
+    registered and the run fails with one line saying what changed (0.05: at most 5% fewer)."""
     fallback_trials: int = Field(10, ge=1)
     """With no champion registered yet, a study of this many trials runs instead."""
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)

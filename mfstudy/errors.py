@@ -7,7 +7,14 @@ escaping is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "DataError", "MFStudyError", "SplitError", "StudyError"]
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "MFStudyError",
+    "RetrainGateError",
+    "SplitError",
+    "StudyError",
+]
 
 
 class MFStudyError(Exception):
@@ -35,3 +42,21 @@ class SplitError(MFStudyError):
 
 class StudyError(MFStudyError):
     """A study that cannot go on (no complete trial to retrain, storage mismatch)."""
+
+
+class RetrainGateError(DataError):
+    """Today's data lost too much of the champion's (users, interactions, ids) or changed its
+    schema: the nightly retraining kept the champion and registered nothing.
+
+    The message is the one line saying what changed and by how much; `report` is the same as
+    Markdown with the whole comparison (for the Prefect artifact). Not worth a retry: the
+    same data fails the same way.
+    """
+
+    def __init__(self, message: str, report: str = "") -> None:
+        super().__init__(message)
+        self.report = report
+
+    def __reduce__(self) -> tuple[type[RetrainGateError], tuple[str, str]]:
+        # Pickled with its report (results cross process boundaries in Prefect and Dask).
+        return (type(self), (BaseException.__str__(self), self.report))

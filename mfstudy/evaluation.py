@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import scipy.sparse as sp
 
 from mfstudy.config import EvaluationConfig
-from mfstudy.metrics import evaluate
+from mfstudy.metrics import UserValues, evaluate, mse_all_cells_per_user, ranking_metrics_per_user
 from mfstudy.models import Recommender
 
-__all__ = ["EXPLICIT_FAMILIES", "evaluate_model", "rmse"]
+__all__ = ["EXPLICIT_FAMILIES", "evaluate_model", "rmse", "user_scores"]
 
 #: Families that predict ratings; they are also scored by RMSE over observed test entries.
 EXPLICIT_FAMILIES = frozenset({"sgd", "als", "baseline"})
@@ -56,3 +58,50 @@ def evaluate_model(
         out["test_rmse"] = rmse(model, test)
         out["train_rmse"] = rmse(model, train)
     return {k: float(v) for k, v in out.items()}
+
+
+_RANKING_KEY = re.compile(r"(?P<part>train|test)_(?P<name>precision|recall|ndcg|map)_at_(?P<k>\d+)")
+
+
+def user_scores(
+    model: Recommender,
+    train: sp.csr_matrix,
+    test: sp.csr_matrix,
+    users: np.ndarray,
+    cfg: EvaluationConfig,
+    metric: str,
+) -> tuple[np.ndarray, UserValues]:
+    """`metric` (a key of :func:`evaluate_model`) as per-user terms: (users, values).
+
+    `values.value` is what `evaluate_model` reports for `metric`; the users are those it
+    averages over (ranking metrics: users with at least one truth item; MSE: every user of
+    `users`; RMSE: every row of the truth matrix with a rating), in increasing order.
+    """
+    match = _RANKING_KEY.fullmatch(metric)
+    p, q = model.scoring_factors()
+    if match is not None:
+        if int(match["k"]) != cfg.k:
+            raise ValueError(f"{metric}: evaluation.k is {cfg.k}")
+        # As `evaluate`: train precision ranks everything, test skips seen items if asked.
+        if match["part"] == "train":
+            truth, exclude = train, None
+        else:
+            truth, exclude = test, (train if cfg.exclude_seen else None)
+        scored, per_user = ranking_metrics_per_user(
+            p, q, truth, users, cfg.k, exclude, cfg.batch_memory_mb
+        )
+        order = np.argsort(scored, kind="stable")
+        return scored[order], UserValues(per_user[match["name"]][order])
+    part, _, kind = metric.partition("_")
+    truth = {"train": train, "test": test}.get(part)
+    if truth is not None and kind == "mse":
+        rows = np.sort(np.asarray(users, dtype=np.int64))
+        return rows, UserValues(mse_all_cells_per_user(p, q, truth, rows))
+    if truth is not None and kind == "rmse" and model.family in EXPLICIT_FAMILIES:
+        coo = truth.tocoo()
+        err = model.score(coo.row, coo.col) - coo.data
+        rows, inverse = np.unique(coo.row, return_inverse=True)
+        sse = np.bincount(inverse, weights=np.square(err, dtype=np.float64), minlength=len(rows))
+        count = np.bincount(inverse, minlength=len(rows)).astype(np.float64)
+        return rows.astype(np.int64), UserValues(sse, count, root=True)
+    raise ValueError(f"no per-user form of metric {metric!r}")

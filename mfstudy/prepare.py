@@ -32,6 +32,7 @@ __all__ = [
     "ingest",
     "prepare",
     "read_prepared",
+    "read_schema",
     "split_stage",
     "threshold_stage",
     "write_prepared",
@@ -68,6 +69,10 @@ class Ingested:
     interactions: Interactions
     source: str
     clean: CleanStats
+    schema: dict[str, Any] | None = None
+    """What was read: source kind, the columns the config names and the dtypes the ids and
+    weights were loaded as (see :func:`read_schema`); the nightly retraining's gate compares it
+    with the champion's."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +88,29 @@ def ingest(cfg: StudyConfig) -> Ingested:
     """Load the configured source and clean it."""
     raw = load(cfg.data, seed=cfg.seed)
     inter, cstats = clean(raw, cfg.data.weighting)
-    return Ingested(inter, raw.source, cstats)
+    return Ingested(inter, raw.source, cstats, read_schema(cfg, raw.frame, raw.item_names))
+
+
+def read_schema(
+    cfg: StudyConfig, frame: pd.DataFrame, item_names: pd.Series | None
+) -> dict[str, Any]:
+    """The shape of what a source delivered: its kind, the column settings of the config
+    (`*_col`, `id_type`, `format`, `sep` where the source has them), the dtypes the user and
+    item ids and the weights were loaded as, and whether item names came with them.
+
+    A feed whose ids turned from numbers into text (or whose weight column was dropped) is
+    then a visible schema change rather than a silent re-coding of every id.
+    """
+    settings = cfg.data.model_dump(mode="json")
+    columns = {
+        k: v for k, v in settings.items() if k.endswith("_col") or k in ("id_type", "format", "sep")
+    }
+    return {
+        "source": cfg.data.source,
+        "columns": columns,
+        "dtypes": {c: str(frame[c].dtype) for c in ("user", "item", "weight") if c in frame},
+        "item_names": item_names is not None,
+    }
 
 
 def threshold_stage(ingested: Ingested, cfg: StudyConfig) -> Thresholded:
@@ -118,6 +145,7 @@ def split_stage(thresholded: Thresholded, cfg: StudyConfig) -> Prepared:
         "name": cfg.name,
         "seed": cfg.seed,
         "source": ing.source,
+        "schema": ing.schema,
         "rows_read": ing.clean.rows_read,
         "duplicates_dropped": ing.clean.duplicates_dropped,
         "before_threshold": ing.interactions.summary(),

@@ -51,6 +51,7 @@ __all__ = [
     "check_study",
     "close_study",
     "data_fingerprint",
+    "data_summary",
     "end_study",
     "holdout_fingerprint",
     "input_checksum",
@@ -236,12 +237,19 @@ def log_model_version(
     name: str,
     score: float,
     holdout: str,
+    *,
+    cfg: StudyConfig,
+    tags: dict[str, Any] | None = None,
 ) -> str:
     """Log `model` with the id maps of `prepared` as a pyfunc model of run `run_id`, register
-    it as a new version of `name` tagged with its score and holdout; returns the version."""
+    it as a new version of `name` tagged with its score, holdout, the data card of `prepared`
+    (:func:`data_summary`, what the nightly retraining's data gate compares with) and `tags`;
+    returns the version."""
     from mfstudy import tracking
+    from mfstudy.datagate import card_tags
 
     inter = prepared.interactions
+    version_tags = {**card_tags(data_summary(prepared, cfg)), **(tags or {})}
     with tempfile.TemporaryDirectory() as tmp:
         logged = tracking.log_recommender(
             uri,
@@ -253,8 +261,27 @@ def log_model_version(
             registered_name=name,
             score=score,
             holdout=holdout,
+            tags=version_tags,
         )
     return str(logged.version)
+
+
+def data_summary(prepared: Prepared, cfg: StudyConfig) -> dict[str, Any]:
+    """The data card of `prepared` (`mfstudy.datagate`): rows read, users, items,
+    interactions, interactions per user, the schema read, and the data's, holdout's and input
+    files' fingerprints."""
+    from mfstudy.datagate import data_card
+
+    inter = prepared.interactions
+    return data_card(
+        full=prepared.full,
+        stats=prepared.stats,
+        n_users=inter.n_users,
+        n_items=inter.n_items,
+        fingerprint=data_fingerprint(prepared),
+        holdout=holdout_fingerprint(prepared),
+        input_checksum=input_checksum(cfg),
+    )
 
 
 def register_model(
@@ -271,7 +298,7 @@ def register_model(
 
     name = cfg.study.register_as or cfg.name
     holdout = holdout_fingerprint(prepared)
-    version = log_model_version(model, prepared, run_id, uri, name, best.value, holdout)
+    version = log_model_version(model, prepared, run_id, uri, name, best.value, holdout, cfg=cfg)
     try:
         # Read-compare-move is not atomic in the registry: two processes of one study closing
         # at once could both read the old champion and the worse one move the alias last.

@@ -31,7 +31,7 @@ import scipy.sparse as sp
 from mfstudy.metrics._error import mse_from_terms, quadratic_term, stored_terms
 from mfstudy.metrics._topk import _as_factors, _as_users, canonical_csr, rank
 
-__all__ = ["evaluate", "evaluation_keys", "ranking_metrics"]
+__all__ = ["evaluate", "evaluation_keys", "ranking_metrics", "ranking_metrics_per_user"]
 
 
 # ---------------------------------------------------------------------------- numerical core
@@ -54,17 +54,14 @@ def hits_at_k(items: np.ndarray, truth_rows: sp.csr_matrix) -> tuple[np.ndarray,
     return (items >= 0) & found, counts
 
 
-def summarise_hits(hits: np.ndarray, n_truth: np.ndarray) -> dict[str, float]:
-    """precision, recall, ndcg and map at k (k = hits.shape[1]) averaged over users with truth.
+def per_user_hits(hits: np.ndarray, n_truth: np.ndarray) -> dict[str, np.ndarray]:
+    """precision, recall, ndcg and map at k (k = hits.shape[1]) of each row with truth.
 
-    `n_users` is how many users were averaged; the metrics are NaN when it is 0.
+    Rows without truth items are left out (the arrays have one value per row with
+    `n_truth > 0`, in row order): the means of these arrays are the reported metrics.
     """
     k = hits.shape[1]
     scored = n_truth > 0
-    n = int(scored.sum())
-    if n == 0:
-        nan = float("nan")
-        return {"precision": nan, "recall": nan, "ndcg": nan, "map": nan, "n_users": 0.0}
     h = hits[scored].astype(np.float64)
     m = n_truth[scored].astype(np.float64)
     n_hits = h.sum(axis=1)
@@ -72,12 +69,24 @@ def summarise_hits(hits: np.ndarray, n_truth: np.ndarray) -> dict[str, float]:
     ideal = np.cumsum(discount)[np.minimum(k, m).astype(np.int64) - 1]
     precision_at_j = np.cumsum(h, axis=1) / np.arange(1, k + 1, dtype=np.float64)
     return {
-        "precision": float(np.mean(n_hits / k)),
-        "recall": float(np.mean(n_hits / m)),
-        "ndcg": float(np.mean((h @ discount) / ideal)),
-        "map": float(np.mean((h * precision_at_j).sum(axis=1) / np.minimum(k, m))),
-        "n_users": float(n),
+        "precision": n_hits / k,
+        "recall": n_hits / m,
+        "ndcg": (h @ discount) / ideal,
+        "map": (h * precision_at_j).sum(axis=1) / np.minimum(k, m),
     }
+
+
+def summarise_hits(hits: np.ndarray, n_truth: np.ndarray) -> dict[str, float]:
+    """precision, recall, ndcg and map at k (k = hits.shape[1]) averaged over users with truth.
+
+    `n_users` is how many users were averaged; the metrics are NaN when it is 0.
+    """
+    n = int(np.count_nonzero(n_truth > 0))
+    if n == 0:
+        nan = float("nan")
+        return {"precision": nan, "recall": nan, "ndcg": nan, "map": nan, "n_users": 0.0}
+    out = {name: float(np.mean(v)) for name, v in per_user_hits(hits, n_truth).items()}
+    return {**out, "n_users": float(n)}
 
 
 def _check_k(k: int) -> int:
@@ -106,6 +115,39 @@ def ranking_metrics(
     items are skipped; `n_users` reports how many were averaged. See the module docstring for
     the exact definitions.
     """
+    _, hits, n_truth = _ranked_hits(P, Q, truth, users, k, exclude, batch_memory_mb)
+    return summarise_hits(hits, n_truth)
+
+
+def ranking_metrics_per_user(
+    P: np.ndarray,
+    Q: np.ndarray,
+    truth: sp.spmatrix | sp.sparray,
+    users: np.ndarray,
+    k: int,
+    exclude: sp.spmatrix | sp.sparray | None,
+    batch_memory_mb: int = 256,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The values :func:`ranking_metrics` averages, one per user: (users scored, metrics).
+
+    Same ranking and definitions; users without truth items are left out of both, so each
+    array's mean is the corresponding `ranking_metrics` value. For confidence intervals and
+    paired comparisons over users (`mfstudy.metrics.paired_bootstrap`).
+    """
+    scored, hits, n_truth = _ranked_hits(P, Q, truth, users, k, exclude, batch_memory_mb)
+    return scored, per_user_hits(hits, n_truth)
+
+
+def _ranked_hits(
+    P: np.ndarray,
+    Q: np.ndarray,
+    truth: sp.spmatrix | sp.sparray,
+    users: np.ndarray,
+    k: int,
+    exclude: sp.spmatrix | sp.sparray | None,
+    batch_memory_mb: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(users with truth items, their hit matrix, their truth counts) of the top-k lists."""
     P, Q = _as_factors(P, Q)
     k = _check_k(k)
     shape = (P.shape[0], Q.shape[0])
@@ -119,7 +161,7 @@ def ranking_metrics(
         assert got is not None
         items[part.start : part.start + len(got)] = got
     hits, n_truth = hits_at_k(items, t[users])
-    return summarise_hits(hits, n_truth)
+    return users, hits, n_truth
 
 
 def evaluation_keys(k: int) -> tuple[str, ...]:

@@ -15,7 +15,7 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError
@@ -31,6 +31,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
 from mfstudy.models import Recommender
 from mfstudy.tracking._errors import HoldoutMismatchError, TrackingError, UnknownIdError
@@ -194,13 +195,15 @@ def log_recommender(
     *,
     score: float | None = None,
     holdout: str | None = None,
+    tags: Mapping[str, Any] | None = None,
     name: str = "recommender",
 ) -> LoggedRecommender:
     """Log the saved model in `model_dir` as a pyfunc model of run `run_id`; maybe register it.
 
     The model is loaded and checked against the id maps first, then logged (with an input
     example and signature), and only then registered, so a failure leaves no registry entry.
-    `score`/`holdout` are stored as tags of the new version for :func:`set_champion_if_better`.
+    `score`/`holdout` are stored as tags of the new version for :func:`set_champion_if_better`,
+    with `tags` (e.g. the data card of the training data), all set as the version is created.
     """
     model_dir = Path(model_dir)
     rec = LoadedRecommender(Recommender.load(model_dir), user_ids, item_ids, item_names)
@@ -241,11 +244,11 @@ def log_recommender(
                 )
         if registered_name is None:
             return LoggedRecommender(info.model_uri, info.model_id)
-        tags = {}
+        version_tags = {k: str(v)[:MAX_TAG_VAL_LENGTH] for k, v in (tags or {}).items()}
         if score is not None:
-            tags[SCORE_TAG] = repr(float(score))
+            version_tags[SCORE_TAG] = repr(float(score))
         if holdout is not None:
-            tags[HOLDOUT_TAG] = str(holdout)
+            version_tags[HOLDOUT_TAG] = str(holdout)
         _ensure_registered_model(client, registered_name)
         # The registry resolves a `models:/m-...` source through the *global* tracking URI
         # (a stray ./mlflow.db otherwise), so the scope covers registration too.
@@ -254,7 +257,7 @@ def log_recommender(
                 registered_name,
                 source=info.model_uri,
                 run_id=run_id,
-                tags=tags,
+                tags=version_tags,
                 model_id=info.model_id,
             )
     except MlflowException as exc:

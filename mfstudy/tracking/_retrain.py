@@ -26,6 +26,7 @@ from mfstudy.tracking._transport import check_reachable, short_reason
 __all__ = [
     "ChampionVersion",
     "champion_version",
+    "latest_version_tagged",
     "log_retrain_run",
     "move_champion",
     "tag_version",
@@ -57,6 +58,22 @@ def champion_version(uri: str, name: str) -> ChampionVersion | None:
         raise TrackingError(
             f"could not read the champion of model {name!r}: {short_reason(exc)}"
         ) from exc
+    return ChampionVersion(name, str(mv.version), mv.run_id, dict(mv.tags))
+
+
+def latest_version_tagged(uri: str, name: str, key: str, value: str) -> ChampionVersion | None:
+    """The newest version of model `name` whose tag `key` is `value`, or None."""
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    quoted = value.replace("'", "")  # fingerprints are hex: nothing to escape, nothing lost
+    try:
+        found = client.search_model_versions(f"name = '{name}' and tags.`{key}` = '{quoted}'")
+    except MlflowException as exc:
+        raise TrackingError(
+            f"could not search the versions of model {name!r}: {short_reason(exc)}"
+        ) from exc
+    if not found:
+        return None
+    mv = max(found, key=lambda v: int(v.version))
     return ChampionVersion(name, str(mv.version), mv.run_id, dict(mv.tags))
 
 

@@ -4,7 +4,9 @@ The champion comes from a study on a base sample of planted-preference interacti
 - the data grows by *shuffled* interactions (items drawn at random): the refitted model is
   worse on the fresh holdout than the champion's re-score, so the alias must not move;
 - the data grows by more interactions *of the same kind*: it must move.
-Both scores and the decision land on the new version's tags and on a `retrain` run.
+Both scores with their intervals and the decision land on the new version's tags and on a
+`retrain` run. And the data gate: unchanged data registers nothing, half the feed fails the
+gate with one line (also for a champion registered before data cards were stored).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from mlflow import MlflowClient
 
 from mfstudy.config import StudyConfig, SyntheticSource, load_config
 from mfstudy.data import generate_synthetic
+from mfstudy.errors import RetrainGateError
 from mfstudy.prepare import prepare
 from mfstudy.retrain import champion_training_data, gate, retrain_champion
 from mfstudy.study import run_study
@@ -126,6 +129,26 @@ def test_retraining_moves_the_champion_only_when_not_worse(
     assert v.tags["mfstudy.retrain.decision"] == "kept"
     assert float(v.tags["mfstudy.retrain.champion_score"]) == pytest.approx(bad.champion_score)
     assert float(v.tags["mfstudy.retrain.candidate_score"]) == pytest.approx(bad.candidate_score)
+    # The intervals: each score inside its own; the paired difference negative in almost
+    # every resample (noise is worse on the same users). About 100 evaluated users and
+    # precision@5 in steps of 1/5: the interval's upper end may touch 0.
+    c = bad.comparison
+    assert c["candidate_low"] <= bad.candidate_score <= c["candidate_high"]
+    assert c["champion_low"] <= bad.champion_score <= c["champion_high"]
+    assert c["difference"] == pytest.approx(bad.candidate_score - bad.champion_score)
+    assert c["difference_low"] <= c["difference"] <= c["difference_high"] <= 0
+    assert c["p_value"] < 0.2 and c["prob_candidate_better"] < 0.05
+    assert c["users"] == len(prepare(cfg).users) and c["n_boot"] == 2000
+    for key in ("difference_low", "difference_high", "p_value", "candidate_low"):
+        assert float(v.tags[f"mfstudy.retrain.{key}"]) == pytest.approx(c[key])
+    assert int(v.tags["mfstudy.data.users"]) == bad.data["users"]
+    assert "95% interval" in bad.markdown() and "p-value" in bad.markdown()
+    # The next night on the same data: that comparison was made, nothing new to register.
+    n_versions = len(client.search_model_versions("name='gate'"))
+    again = retrain_champion(cfg, prepare(cfg), threads=2)
+    assert again is not None and again.decision == "unchanged" and again.new_version is None
+    assert f"version {bad.new_version} already holds today's data and was kept" in again.reason
+    assert len(client.search_model_versions("name='gate'")) == n_versions
 
     grown.to_csv(path, index=False)
     good = retrain_champion(cfg, prepare(cfg), threads=2)
@@ -137,9 +160,9 @@ def test_retraining_moves_the_champion_only_when_not_worse(
         [client.get_experiment_by_name("gate").experiment_id],
         filter_string="tags.`mfstudy.role` = 'retrain'",
     )
-    assert len(runs) == 2
+    assert len(runs) == 3
     by_decision = {r.data.tags["mfstudy.retrain.decision"]: r for r in runs}
-    assert set(by_decision) == {"kept", "promoted"}
+    assert set(by_decision) == {"kept", "promoted", "unchanged"}
     for res in (bad, good):
         run = by_decision[res.decision]
         assert run.info.status == "FINISHED"
@@ -147,7 +170,72 @@ def test_retraining_moves_the_champion_only_when_not_worse(
             res.candidate_score
         )
         assert run.data.metrics["champion_test_precision_at_5"] == pytest.approx(res.champion_score)
+        assert run.data.metrics["compare.difference_high"] == pytest.approx(
+            res.comparison["difference_high"]
+        )
+        assert run.data.metrics["data.users_added"] == res.change["data.users_added"]
     print(
-        f"shuffled: cand {bad.candidate_score:.4f} champ {bad.champion_score:.4f}; "
-        f"grown: cand {good.candidate_score:.4f} champ {good.champion_score:.4f}"
+        f"shuffled: cand {bad.candidate_score:.4f} champ {bad.champion_score:.4f} "
+        f"diff CI [{bad.comparison['difference_low']:.4f}, "
+        f"{bad.comparison['difference_high']:.4f}] p={bad.comparison['p_value']:.3g}; "
+        f"grown: cand {good.candidate_score:.4f} champ {good.champion_score:.4f} "
+        f"diff CI [{good.comparison['difference_low']:.4f}, "
+        f"{good.comparison['difference_high']:.4f}] p={good.comparison['p_value']:.3g}"
     )
+
+
+def _versions(client: MlflowClient, name: str) -> int:
+    return len(client.search_model_versions(f"name='{name}'"))
+
+
+def test_data_gate_unchanged_and_shrunk_feeds_register_nothing(
+    tmp_path: Path, tracking_uri: str
+) -> None:
+    base, _, _ = _frames(seed=5)
+    path = tmp_path / "interactions.csv"
+    base.to_csv(path, index=False)
+    cfg = _cfg(path, tmp_path, tracking_uri, ["name=gate-data"])
+    first = run_study(cfg)
+    assert first.promoted
+    client = MlflowClient(tracking_uri)
+    champ = client.get_model_version_by_alias("gate-data", "champion")
+    assert {"mfstudy.data", "mfstudy.data.fingerprint", "mfstudy.data.input_checksum"} <= set(
+        champ.tags
+    ), "the study's registration stores the data card"
+    n_versions = _versions(client, "gate-data")
+
+    # The same file again: nothing fitted, nothing registered, a run says so.
+    same = retrain_champion(cfg, prepare(cfg), threads=2)
+    assert same is not None and same.decision == "unchanged" and same.new_version is None
+    assert _versions(client, "gate-data") == n_versions
+    assert "**unchanged**: champion kept" in same.markdown()
+
+    # The first half of the rows (the issue's broken feed): the gate fails in one line.
+    base.iloc[: len(base) // 2].to_csv(path, index=False)
+    with pytest.raises(RetrainGateError) as err:
+        retrain_champion(cfg, prepare(cfg), threads=2)
+    line = str(err.value)
+    assert line.startswith("retrain gate: ") and "\n" not in line
+    assert "interactions" in line and "more than retrain.max_shrink 5%" in line
+    assert line.endswith(f"champion v{champ.version} kept, nothing registered")
+    assert "**gate failed**" in err.value.report and "| interactions |" in err.value.report
+    assert _versions(client, "gate-data") == n_versions
+    assert client.get_model_version_by_alias("gate-data", "champion").version == champ.version
+
+    runs = client.search_runs(
+        [client.get_experiment_by_name("gate-data").experiment_id],
+        filter_string="tags.`mfstudy.role` = 'retrain'",
+    )
+    by_decision = {r.data.tags["mfstudy.retrain.decision"]: r for r in runs}
+    assert set(by_decision) == {"unchanged", "gate_failed"}
+    assert by_decision["unchanged"].info.status == "FINISHED"
+    assert by_decision["gate_failed"].info.status == "FAILED"
+    assert by_decision["gate_failed"].data.tags["mfstudy.retrain.reason"] == line
+
+    # A champion registered before data cards existed: judged on its model, and said so.
+    for key in [k for k in champ.tags if k.startswith("mfstudy.data")]:
+        client.delete_model_version_tag("gate-data", champ.version, key)
+    with pytest.raises(RetrainGateError, match="no stored data summary") as err:
+        retrain_champion(cfg, prepare(cfg), threads=2)
+    assert "interactions" in str(err.value)
+    print(line)
