@@ -31,13 +31,15 @@ from prefect.artifacts import (
     create_progress_artifact,
     update_progress_artifact,
 )
+from prefect.exceptions import TerminationSignal
 from prefect.futures import PrefectFuture, wait
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import Field
 
 from mfstudy.config import StudyConfig, load_config
 from mfstudy.errors import ConfigError
-from mfstudy.study import StudySession, check_study, progress_info, warm_up
+from mfstudy.study import StudySession, check_study, interrupt_study, progress_info, warm_up
+from mfstudy.tracking import redact_uri
 from mfstudy.tuning import TrialExecutor, TrialOutcome, local_trials, threads_per_worker
 from tasks import (
     end_study_task,
@@ -208,6 +210,13 @@ def trials_markdown(
     )
 
 
+def _stop_reason(exc: BaseException) -> str:
+    """Why the trial workers were stopped, as the stopped trials record it."""
+    if isinstance(exc, TerminationSignal):  # how Prefect delivers a cancellation (SIGTERM)
+        return f"flow run cancelled or terminated (signal {exc.signal})"
+    return f"flow run interrupted ({type(exc).__name__})"
+
+
 PositiveInt = Annotated[int, Field(ge=1)]
 
 
@@ -244,11 +253,22 @@ def study_flow(
         ]
         prepared = prepare_data(cfg)
         session = open_study_task(cfg, prepared)
+        # The study for this data: `cfg.name`, or `<name>-<fingerprint>` when the data changed
+        # since its trials ran (`mfstudy.study.study_for_data`); reported under that name.
+        cfg = session.cfg
         wait(warm)
         try:
             run_trials(session, runner, n_workers, trials)
-        except BaseException:
-            end_study_task(session, "interrupted")
+        except BaseException as exc:
+            if trials is not None:
+                # Kill the trial workers now rather than wait for their trials: each trial task
+                # run then marks its trial failed (Optuna and MLflow) and ends Cancelled.
+                trials.stop(_stop_reason(exc))
+            if isinstance(exc, TerminationSignal):
+                # Cancelled: the flow run is Cancelling, so no new task run may start.
+                interrupt_study(session)
+            else:
+                end_study_task(session, "interrupted")
             raise
     try:
         best, counts, table = summarize_task(session)
@@ -271,7 +291,7 @@ def study_flow(
         "model_version": version,
         "promoted": promoted,
         "parent_run_id": session.parent_run_id,
-        "tracking_uri": session.uri,
+        "tracking_uri": redact_uri(session.uri),  # shown in the report: no password
         "seconds": time.perf_counter() - start,
     }
     create_markdown_artifact(

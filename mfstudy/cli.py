@@ -141,7 +141,8 @@ def study(
         def on_progress(p: dict[str, Any]) -> None:
             if not bars:
                 bar = stack.enter_context(Progress(*columns, console=console))
-                bars.append((bar, bar.add_task(f"{cfg.name} trials", total=p["total"], info="")))
+                desc = f"{p['study']} trials"  # the study for this data, see run_study
+                bars.append((bar, bar.add_task(desc, total=p["total"], info="")))
             bar, task = bars[0]
             best = "-" if p["best"] is None else f"{p['best']:.4f}"
             info = f"best {cfg.metric} {best} | pruned {p['pruned']} | failed {p['fail']}"
@@ -166,8 +167,14 @@ def _print_result(cfg: Any, result: Any) -> None:
         f"{c['pruned']} pruned, {c['fail']} failed | {result.seconds:.0f}s"
     )
     verdict = "now [bold]champion[/]" if result.promoted else "champion unchanged"
-    console.print(f"registered {result.model_name} v{result.model_version}: {verdict}")
-    uri = result.tracking_uri
+    console.print(
+        f"registered {result.model_name} v{result.model_version} from study "
+        f"{result.study_name}: {verdict}",
+        soft_wrap=True,
+    )
+    from mfstudy.tracking import redact_uri
+
+    uri = redact_uri(result.tracking_uri)  # never print a password given in the URI
     ui = uri if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}"
     console.print(
         f"MLflow: {ui} (experiment {cfg.tracking.experiment or cfg.name})", soft_wrap=True
@@ -202,6 +209,8 @@ def recommend(
     if (user is None) == (similar_to is None):
         raise ConfigError("recommend: give exactly one of --user or --similar-to")
     uri = tracking.tracking_uri_for(tracking_uri, Path("runs").resolve())
+    # Seconds, not MLflow's minutes of retries; and no empty store left in a wrong folder.
+    tracking.check_reachable(uri, must_exist=True)
     loaded = tracking.load_recommender(model, uri)
     if user is not None:
         frame = loaded.recommend(user, k=k)

@@ -378,6 +378,13 @@ class StudySettings(_Config):
     """Pruner settings."""
     register_as: str | None = None
     """Registered model name for the retrained best model; default the study name."""
+    on_data_change: Literal["new_study", "error"] = "new_study"
+    """What a re-run does when the prepared data (interactions, weights, ids, holdout) differs
+    from the data the study's trials were scored on: `new_study` (default) runs the trials in
+    a new study `<name>-<first 8 characters of the data fingerprint>` (its own Optuna study
+    and MLflow parent run, same experiment and registered model), resumed by later runs on
+    that data; `error` stops with an error before any trial. Scores on different holdouts are
+    never mixed in one study."""
     similar_items_k: int = Field(10, ge=1)
     """Neighbours per item in the item-to-item similarity artifact."""
 

@@ -11,6 +11,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,10 +36,12 @@ from mfstudy.tuning import (
     counts,
     create_study,
     fail_stale_trials,
+    find_study,
     limit_threads,
     optuna_figures,
     run_trial,
     run_workers,
+    storage_spec,
     study_lock,
     threads_per_worker,
     trials_table,
@@ -66,11 +69,17 @@ __all__ = [
     "retrain",
     "run_study",
     "similar_items_table",
+    "study_for_data",
     "summarize_study",
     "warm_up",
 ]
 
 log = logging.getLogger("mfstudy.study")
+
+#: Optuna study user attributes: the fingerprint of the data its trials are scored on
+#: (:func:`data_fingerprint`) and where they are tracked (redacted tracking URI).
+DATA_FINGERPRINT_ATTR = "mfstudy.data_fingerprint"
+TRACKING_ATTR = "mfstudy.tracking"
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,18 @@ class MlflowTrialLogs:
             create_now=False,
         )
 
+    def fail_crashed(self, number: int, run_id: str | None, reason: str) -> None:
+        """End FAILED (tag `mfstudy.error`: `reason`) the run of trial `number`, whose worker
+        process died mid-study; as `open_study` does for a crashed worker's trials."""
+        from mfstudy import tracking
+
+        try:
+            tracking.fail_trial_run(
+                self.uri, self.experiment_id, self.parent_run_id, number, run_id, reason
+            )
+        except tracking.TrackingError as exc:  # the study goes on; Optuna has it failed
+            log.warning("trial %d: %s", number, exc)
+
 
 @dataclass(frozen=True)
 class StudyResult:
@@ -112,6 +133,9 @@ class StudyResult:
     model_version: str | None
     promoted: bool
     seconds: float
+    study_name: str
+    """The Optuna study (and MLflow parent run) the trials are in: the config's name, or
+    `<name>-<fingerprint>` when the data changed (see :func:`study_for_data`)."""
 
 
 def holdout_fingerprint(prepared: Prepared) -> str:
@@ -193,7 +217,7 @@ def progress_info(study: Any, cfg: StudyConfig) -> dict[str, Any]:
         best_value = study.best_value
     except ValueError:
         best_value = None
-    return {**c, "total": cfg.study.n_trials, "best": best_value}
+    return {**c, "total": cfg.study.n_trials, "best": best_value, "study": cfg.name}
 
 
 def register_best(
@@ -350,13 +374,146 @@ def check_study(cfg: StudyConfig) -> str:
     return uri
 
 
+def _continuation(cfg: StudyConfig, name: str) -> StudyConfig:
+    """`cfg` as study `name`: its trials, parent run, prepared data, spool and locks are its
+    own (`<workdir>/<name>/`), while the Optuna storage, the MLflow experiment and the
+    registered model stay `cfg`'s, so the studies of one config sit side by side and its
+    model line goes on."""
+    return cfg.model_copy(
+        update={
+            "name": name,
+            "study": cfg.study.model_copy(
+                update={
+                    "storage": storage_spec(cfg),
+                    "register_as": cfg.study.register_as or cfg.name,
+                }
+            ),
+            "tracking": cfg.tracking.model_copy(
+                update={"experiment": cfg.tracking.experiment or cfg.name}
+            ),
+        }
+    )
+
+
+def _record(study: Any, fingerprint: str, location: str) -> None:
+    study.set_user_attr(DATA_FINGERPRINT_ATTR, fingerprint)
+    study.set_user_attr(TRACKING_ATTR, location)
+
+
+def study_for_data(cfg: StudyConfig, fingerprint: str, uri: str) -> tuple[StudyConfig, Any]:
+    """The config of the study whose trials are scored on the data of `fingerprint`.
+
+    A study records its data fingerprint (and tracking location) when created, and is only
+    resumed on the same data. On other data, `study.on_data_change` decides: `error` raises
+    :class:`StudyError`; `new_study` returns the config of study `<name>-<fingerprint[:8]>`
+    (see :func:`_continuation`). That name is a function of the data, so every later run on
+    the same data finds it again, and a run on the original data resumes the original study.
+    A study created before fingerprints were recorded adopts the current one (with a warning:
+    its trials cannot be checked). Call under the study's lock. Returns the study's config and
+    the study, None when it does not exist yet (nothing is created here).
+    """
+    base = find_study(cfg)
+    if base is None:
+        return cfg, None
+    recorded = base.user_attrs.get(DATA_FINGERPRINT_ATTR)
+    if recorded is None:
+        n = len(base.get_trials(deepcopy=False))
+        if n:
+            log.warning(
+                "study %r has %d trial(s) from before data fingerprints were recorded: assuming "
+                "they were scored on the current data (fingerprint %s); if not, start a new "
+                "study with --set name=<new name>",
+                cfg.name,
+                n,
+                fingerprint[:8],
+            )
+        # Its tracking location is left to _check_location, which asks the server.
+        base.set_user_attr(DATA_FINGERPRINT_ATTR, fingerprint)
+        return cfg, base
+    if recorded == fingerprint:
+        return cfg, base
+    name = f"{cfg.name}-{fingerprint[:8]}"
+    change = (
+        f"data changed since study {cfg.name!r} was run (fingerprint {recorded[:8]} -> "
+        f"{fingerprint[:8]})"
+    )
+    if cfg.study.on_data_change == "error":
+        raise StudyError(
+            f"{change} and study.on_data_change is error: nothing was run; restore the data, or "
+            f"set study.on_data_change=new_study to run its trials in new study {name!r}"
+        )
+    new = _continuation(cfg, name)
+    existing = find_study(new)
+    if existing is None:
+        log.warning("%s: trials go to new study %r", change, name)
+        return new, None
+    theirs = existing.user_attrs.get(DATA_FINGERPRINT_ATTR)
+    if theirs not in (None, fingerprint):
+        raise StudyError(
+            f"{change}, but study {name!r} in {storage_spec(cfg)} holds trials of other data "
+            f"(fingerprint {theirs[:8]}); rename or remove it"
+        )
+    if theirs is None:
+        existing.set_user_attr(DATA_FINGERPRINT_ATTR, fingerprint)
+    log.warning("%s: trials go to study %r (resumed)", change, name)
+    return new, existing
+
+
+def _check_location(cfg: StudyConfig, study: Any, uri: str) -> None:
+    """Refuse to resume study `cfg.name` at a tracking location that lacks its trials.
+
+    Re-pointing a study at another server (`tracking.uri`) used to create an empty parent run
+    there and register a model whose run holds none of the trials it was chosen from. The
+    trials are not re-logged to the new location: Optuna keeps only the objective's curve,
+    while the runs also hold every other metric, so a copy would be a lossy one (and the old
+    server may be gone). So a study with trials resumes only where its parent run is: at the
+    recorded location, or at one that holds that run (a moved MLflow store, a moved workdir's
+    SQLite file), which is then recorded. Otherwise one line names both locations.
+    """
+    from mfstudy import tracking
+
+    here = tracking.redact_uri(uri)
+    recorded = study.user_attrs.get(TRACKING_ATTR)
+    n = len(study.get_trials(deepcopy=False))
+    experiment = cfg.tracking.experiment or cfg.name
+    if n and tracking.find_study_run(uri, experiment, cfg.name) is None:
+        if recorded not in (None, here):
+            raise StudyError(
+                f"study {cfg.name!r} logged its {n} trial(s) to {recorded}, but tracking.uri is "
+                f"now {here}, which has none of them: set tracking.uri back to {recorded}, or "
+                f"start a new study there with --set name=<new name>"
+            )
+        raise StudyError(
+            f"study {cfg.name!r} has {n} trial(s) but no parent run in experiment "
+            f"{experiment!r} at {here} (deleted, or logged elsewhere): restore the run or set "
+            f"tracking.uri to where it is, or start a new study with --set name=<new name>"
+        )
+    if recorded != here:
+        if recorded is not None:
+            log.warning("study %r is now tracked at %s (was %s)", cfg.name, here, recorded)
+        study.set_user_attr(TRACKING_ATTR, here)
+
+
+def _loggable(cfg: StudyConfig) -> dict[str, Any]:
+    """The config as logged on the parent run: URIs without their passwords."""
+    from mfstudy import tracking
+
+    out = cfg.model_dump(mode="json")
+    for section, key in (("tracking", "uri"), ("study", "storage")):
+        if out[section][key]:
+            out[section][key] = tracking.redact_uri(out[section][key])
+    return out
+
+
 def open_study(cfg: StudyConfig, prepared: Prepared | None = None) -> StudySession:
     """Everything before the first trial: checks, data, the Optuna study, the parent run.
 
     `prepared` is the output of the preparation stages when the caller ran them itself (the
-    Prefect flow does, to cache them); otherwise `prepare(cfg)` runs here. It is written to
-    `<workdir>/<name>/data`, where worker processes read it. Trials left RUNNING by a crashed
-    worker are failed (and their MLflow runs closed) so the budget re-runs them.
+    Prefect flow does, to cache them); otherwise `prepare(cfg)` runs here. The study is the
+    one for this data (:func:`study_for_data`): `cfg.name`, or `<name>-<fingerprint>` when
+    the data changed since its trials ran; the session's `cfg` is that study's. The data is
+    written to `<workdir>/<study>/data`, where worker processes read it. Trials left RUNNING by
+    a crashed worker are failed (and their MLflow runs closed) so the budget re-runs them.
     """
     from mfstudy import tracking
 
@@ -366,18 +523,30 @@ def open_study(cfg: StudyConfig, prepared: Prepared | None = None) -> StudySessi
 
     if prepared is None:
         prepared = prepare(cfg)
-    spool = root / cfg.name / "mlflow-spool"
+    fingerprint = data_fingerprint(prepared)
     # Several processes may open one study at once (`mfstudy study` started twice, or on a
     # schedule); unserialised they swap the prepared folder under each other's feet, both
-    # create a parent run, and both replay (so duplicate) the same spooled trial runs.
-    with study_lock(cfg):
+    # create a parent run, and both replay (so duplicate) the same spooled trial runs. The
+    # config's lock also serialises choosing (and creating) the study for the data.
+    with study_lock(cfg), ExitStack() as locks:
+        base_spool = root / cfg.name / "mlflow-spool"
+        scfg, existing = study_for_data(cfg, fingerprint, uri)
+        if scfg is not cfg:
+            # Its workers hold its own lock (shared) while they read its prepared data.
+            locks.enter_context(study_lock(scfg))
+        if existing is not None:
+            _check_location(scfg, existing, uri)  # before anything is written
+        study, spec = create_study(scfg)
+        if existing is None:
+            _record(study, fingerprint, tracking.redact_uri(uri))
+        cfg = scfg
+        spool = root / cfg.name / "mlflow-spool"
         data_dir = write_prepared(prepared, root / cfg.name / "data")
-        study, spec = create_study(cfg)
         parent = tracking.start_study(
             uri,
             cfg.tracking.experiment or cfg.name,
             cfg.name,
-            cfg.model_dump(mode="json"),
+            _loggable(cfg),
             prepared.stats,
             data_dir / "stats.json",
         )
@@ -392,6 +561,10 @@ def open_study(cfg: StudyConfig, prepared: Prepared | None = None) -> StudySessi
                 "worker crashed; marked failed on resume",
             )
         _replay_spool(uri, spool)
+        if spool != base_spool:
+            # Records of the earlier study's trials, spooled in an outage: that study may
+            # never be opened again (its data is gone), so they are sent now.
+            _replay_spool(uri, base_spool)
 
     threads = threads_per_worker(cfg, cfg.study.workers)
     ctx = TrialContext(
@@ -529,6 +702,7 @@ def close_study(session: StudySession) -> StudyResult:
         model_version=version,
         promoted=promoted,
         seconds=time.perf_counter() - session.started,
+        study_name=session.cfg.name,
     )
 
 
@@ -547,6 +721,7 @@ def run_study(
     trials (here `workers` local processes), :func:`close_study`.
     """
     session = open_study(cfg)
+    cfg = session.cfg  # the study for this data (its name may carry the data's fingerprint)
 
     def poll(s: Any) -> None:
         if on_progress is not None:

@@ -6,7 +6,8 @@ run per trial costs milliseconds, not a process's start-up and context.
 
 Retries go on the steps that talk to MLflow or storage and are safe to repeat (opening the
 study finds its parent run again; logging artifacts overwrites them). Registering a model is
-not retried: a retry after a lost reply would register a second version.
+not retried: a retry after a lost reply would register a second version. The nightly
+retraining retries only tracking failures before it registers, never its data gate.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Cancelled
 
 from mfstudy.config import StudyConfig
 from mfstudy.models import Recommender
 from mfstudy.prepare import Prepared
-from mfstudy.retrain import RetrainResult, retrain_champion
+from mfstudy.retrain import RetrainResult, retrain_champion, retry_is_safe
 from mfstudy.study import (
     StudySession,
     end_study,
@@ -31,7 +33,14 @@ from mfstudy.study import (
     summarize_study,
     warm_up,
 )
-from mfstudy.tuning import BestTrial, TrialContext, TrialExecutor, TrialOutcome
+from mfstudy.tuning import (
+    BestTrial,
+    TrialContext,
+    TrialExecutor,
+    TrialOutcome,
+    WorkerDied,
+    fail_worker_trial,
+)
 
 __all__ = [
     "end_study_task",
@@ -59,7 +68,10 @@ def warm_up_task(cfg: StudyConfig, slot: int = 0, trials: TrialExecutor | None =
     without (a Dask cluster) the warm-up runs here, in the task's own process.
     """
     if trials is not None:
-        return trials.warmed(slot)
+        try:
+            return trials.warmed(slot)
+        except WorkerDied as died:  # stopped: the flow run was cancelled or failed meanwhile
+            return Cancelled(message=died.reason)  # type: ignore[return-value]
     return warm_up(cfg)
 
 
@@ -86,12 +98,32 @@ def run_trial_task(
     With `trials` the trial runs on one of this machine's trial workers (the task run itself
     only waits for it, so it costs the flow's process next to nothing); without, here (a Dask
     worker). `slot` only names the task run; the trial number is known once it is reserved.
+    If the worker process dies mid-trial, that trial is marked failed (Optuna and MLflow) and
+    returned as such; if the workers were stopped (a cancelled flow run), the task run ends
+    Cancelled, its trial marked failed, without a traceback.
     """
     logger = get_run_logger()
     if trials is None:
         outcome = one_trial(ctx)
     else:
-        outcome, lines = trials.run(one_trial, ctx)
+        for attempt in range(3):
+            try:
+                outcome, lines = trials.run(one_trial, ctx)
+                break
+            except WorkerDied as died:
+                # Its trial (if it had reserved one) is failed in Optuna and MLflow and re-run
+                # by the budget; a fresh process has taken the dead one's place.
+                trial = fail_worker_trial(ctx, died.token, died.reason)
+                held = "no trial" if trial is None else f"trial {trial.number} marked failed"
+                logger.warning("%s: %s", died.reason, held)
+                if died.stopped is not None:  # the flow run is being cancelled (or failed)
+                    return Cancelled(message=f"{died.reason}: {held}")  # type: ignore[return-value]
+                if trial is not None:
+                    return TrialOutcome(
+                        trial.number, "failed", None, None, dict(trial.params), died.reason
+                    )
+                if attempt == 2:  # workers dying before they even reserve a trial
+                    raise
         for level, _name, message in lines:  # said in a worker process, shown with this run
             logger.log(level, "%s", message)
     if outcome is None:
@@ -159,13 +191,35 @@ def end_study_task(session: StudySession, state: str) -> None:
     end_study(session, state)
 
 
-@task(name="retrain-champion", **_PLAIN)
+def _transient_failure(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry the retraining only after a tracking failure before anything was registered
+    (`mfstudy.retrain.retry_is_safe`): the data gate's verdict on the same data would not
+    change, and a retry after registering could register a second version."""
+    exc = state.result(raise_on_failure=False)
+    return isinstance(exc, BaseException) and retry_is_safe(exc)
+
+
+@task(
+    name="retrain-champion",
+    retries=2,
+    retry_delay_seconds=10,
+    retry_condition_fn=_transient_failure,
+    **_PLAIN,
+)
 def retrain_champion_task(cfg: StudyConfig, prepared: Prepared) -> RetrainResult | None:
-    """Refit the champion's recipe on fresh data, gate it, register it (None: no champion)."""
+    """Check today's data against the champion's, refit the champion's recipe on it, gate it,
+    register it (None: no champion; decision "unchanged": nothing registered). A failed data
+    gate raises `RetrainGateError` (one line) and is not retried."""
     result = retrain_champion(cfg, prepared)
     logger = get_run_logger()
     if result is None:
         logger.info("no champion registered for %s yet", cfg.study.register_as or cfg.name)
+    elif result.decision == "unchanged":
+        logger.info(
+            "%s: unchanged: champion v%s kept, nothing registered",
+            result.model_name,
+            result.champion_version,
+        )
     else:
         logger.info(
             "%s: new v%s %s=%.6g vs champion v%s re-scored %.6g -> %s",

@@ -62,3 +62,13 @@ def thread_caps() -> tuple[int, int]:
 
     caps = [lib["num_threads"] for lib in threadpool_info()]
     return numba.get_num_threads(), max(caps) if caps else -1
+
+
+def hold(folder: str, timeout: float = 120.0) -> int:
+    """Announce this worker's pid in `folder` (file `held-<pid>`), then block as a long trial
+    would, until killed; the pid if nobody did."""
+    Path(folder, f"held-{os.getpid()}").touch()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+    return os.getpid()

@@ -407,3 +407,70 @@ def test_tracking_server_lost_mid_study_then_back_delivers_the_spool_and_registe
     assert len(versions) == 1
     best = max(after, key=lambda t: t.value)
     assert float(versions[0].tags["mfstudy.score"]) == pytest.approx(best.value)
+
+
+# ----------------------------------------------------------------------------- 4. one worker dies
+
+
+def _worker_pid(trial: FrozenTrial) -> int:
+    """The pid of the worker process that reserved `trial` (its token is `host:pid:start`)."""
+    return int(trial.user_attrs["mfstudy.worker"].split(":")[1])
+
+
+def test_a_worker_killed_mid_trial_costs_only_its_trial(
+    tmp_path: Path, tracking_uri: str, spawn: Callable[[Study, str], Proc]
+) -> None:
+    """`kill -9` of one trial worker of `mfstudy study --workers 2` (as the OOM killer would):
+    its trial is failed in Optuna and MLflow, a new worker takes over, the other worker's trial
+    goes on, and the study ends normally with exactly its budget of results."""
+    # Long trials (evaluated every 10 of 200 epochs), so the victim is still mid-trial when
+    # the signal lands.
+    study = Study(
+        tmp_path / "runs",
+        "fault-worker",
+        tracking_uri,
+        n_trials=4,
+        workers=2,
+        iterations=200,
+        extra=("study.eval_every=10",),
+    )
+    client = MlflowClient(tracking_uri)
+    proc = spawn(study, "study")
+    running: list[FrozenTrial] = []
+
+    def two_running_one_reported() -> bool:
+        running[:] = _by_state(_trials(study), TrialState.RUNNING)
+        return len(running) == 2 and any(t.intermediate_values for t in running)
+
+    _wait_for("two running trials, one with an epoch reported", two_running_one_reported, [proc])
+    victim = next(t for t in running if t.intermediate_values)
+    other = next(t for t in running if t is not victim)
+    pid = _worker_pid(victim)
+    assert pid != proc.popen.pid and pid != _worker_pid(other)
+    os.kill(pid, signal.SIGKILL)
+
+    assert proc.wait(timeout=240) == 0, proc.stderr
+    _assert_clean_stderr(proc)
+    assert "worker process died (signal 9)" in proc.stderr
+
+    after = _trials(study)
+    by_number = {t.number: t for t in after}
+    assert len(_by_state(after, TrialState.COMPLETE)) == study.n_trials
+    failed = _by_state(after, TrialState.FAIL)
+    assert [t.number for t in failed] == [victim.number]
+    assert failed[0].user_attrs["mfstudy.crashed"] is True  # re-run, not counted
+    assert failed[0].user_attrs["error"] == "worker process died (signal 9)"
+    survivor = by_number[other.number]  # undisturbed: finished by the worker that began it
+    assert survivor.state == TrialState.COMPLETE
+    assert survivor.user_attrs["mfstudy.worker"] == other.user_attrs["mfstudy.worker"]
+    # A new process took the dead one's place: later trials ran in a third worker.
+    pids = {_worker_pid(t) for t in after}
+    assert pid in pids and len(pids) == 3
+
+    runs = _assert_optuna_and_mlflow_agree(after, client, study.name)
+    assert runs[victim.number].info.status == "FAILED"
+    assert runs[victim.number].data.tags["mfstudy.error"] == "worker process died (signal 9)"
+    _assert_complete_histories(after, runs, client)
+    parents, _ = _mlflow_runs(client, study.name)
+    assert parents[0].info.status == "FINISHED"
+    assert len(_versions(client, study.name)) == 1

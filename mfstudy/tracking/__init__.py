@@ -24,7 +24,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from mfstudy.tracking._errors import HoldoutMismatchError, TrackingError, UnknownIdError
-from mfstudy.tracking._uri import tracking_uri_for
+from mfstudy.tracking._uri import redact_uri, tracking_uri_for
 
 if TYPE_CHECKING:
     from mfstudy.tracking._artifacts import (
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
         StudyRun,
         fail_run,
         fail_trial_run,
+        find_study_run,
         finish_study,
         log_file,
         start_study,
@@ -69,6 +70,7 @@ __all__ = [
     "check_reachable",
     "fail_run",
     "fail_trial_run",
+    "find_study_run",
     "finish_study",
     "learning_curve_figure",
     "load_recommender",
@@ -76,6 +78,7 @@ __all__ = [
     "log_recommender",
     "log_study_artifacts",
     "read_trial_histories",
+    "redact_uri",
     "replay_spool",
     "set_champion_if_better",
     "start_study",
@@ -99,6 +102,7 @@ _LAZY = {
     "finish_study": "_study",
     "fail_run": "_study",
     "fail_trial_run": "_study",
+    "find_study_run": "_study",
     "log_file": "_study",
     "start_study": "_study",
     "FailurePolicy": "_transport",

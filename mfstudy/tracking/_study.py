@@ -24,9 +24,17 @@ from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 from mfstudy.tracking._errors import TrackingError
 from mfstudy.tracking._params import clip_param_key, clip_param_value, flatten, split_numeric
 from mfstudy.tracking._transport import FailurePolicy, Transport, check_reachable, short_reason
-from mfstudy.tracking._uri import local_artifact_root
+from mfstudy.tracking._uri import local_artifact_root, redact_uri
 
-__all__ = ["StudyRun", "fail_run", "fail_trial_run", "finish_study", "log_file", "start_study"]
+__all__ = [
+    "StudyRun",
+    "fail_run",
+    "fail_trial_run",
+    "find_study_run",
+    "finish_study",
+    "log_file",
+    "start_study",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -81,6 +89,21 @@ def _find_parent(client: MlflowClient, experiment_id: str, study_name: str) -> s
     return runs[0].info.run_id if runs else None
 
 
+def find_study_run(uri: str, experiment_name: str, study_name: str) -> str | None:
+    """The id of study `study_name`'s parent run at `uri`, or None; creates nothing."""
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        exp = client.get_experiment_by_name(experiment_name)
+        if exp is None or exp.lifecycle_stage == "deleted":
+            return None
+        return _find_parent(client, exp.experiment_id, study_name)
+    except MlflowException as exc:
+        raise TrackingError(
+            f"could not look up study {study_name!r} in MLflow at {redact_uri(uri)}: "
+            f"{short_reason(exc)}"
+        ) from exc
+
+
 def start_study(
     uri: str,
     experiment_name: str,
@@ -114,7 +137,8 @@ def start_study(
         _log_config_and_stats(client, run_id, config, stats, stats_path, existing)
     except MlflowException as exc:
         raise TrackingError(
-            f"could not start study {study_name!r} in MLflow at {uri}: {short_reason(exc)}"
+            f"could not start study {study_name!r} in MLflow at {redact_uri(uri)}: "
+            f"{short_reason(exc)}"
         ) from exc
     return StudyRun(uri, exp_id, run_id, resumed)
 

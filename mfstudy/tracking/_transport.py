@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
@@ -28,8 +29,9 @@ from mlflow.utils.validation import (
     MAX_PARAMS_TAGS_PER_BATCH,
 )
 
+from mfstudy._fs import why_not_creatable
 from mfstudy.tracking._errors import TrackingError
-from mfstudy.tracking._uri import is_http_uri
+from mfstudy.tracking._uri import is_http_uri, redact_uri
 
 __all__ = ["FailurePolicy", "Transport", "check_reachable", "short_reason"]
 
@@ -172,14 +174,40 @@ class Transport:
             self.client.set_terminated(run_id, status=status, end_time=end_time)
 
 
-def check_reachable(uri: str, policy: FailurePolicy = CHECK_POLICY) -> None:
+def check_reachable(
+    uri: str, policy: FailurePolicy = CHECK_POLICY, must_exist: bool = False
+) -> None:
     """Fail fast (seconds) with a one-line :class:`TrackingError` when `uri` cannot be used.
 
     Call before a study starts so a wrong URI or a stopped server is reported at once instead
-    of after minutes of MLflow's default retries.
+    of after minutes of MLflow's default retries. A SQLite store must be creatable (a folder
+    that is not writable made MLflow retry for nearly two minutes); with `must_exist` (reading
+    a registered model) it must exist already, and none is created.
     """
+    _check_sqlite_file(uri, must_exist)
     try:
         Transport(uri, policy).ping()
     except Exception as exc:
         what = "MLflow tracking server" if is_http_uri(uri) else "MLflow tracking store"
-        raise TrackingError(f"{what} at {uri} is unreachable: {short_reason(exc)}") from exc
+        raise TrackingError(
+            f"{what} at {redact_uri(uri)} is unreachable: {short_reason(exc)}"
+        ) from exc
+
+
+def _check_sqlite_file(uri: str, must_exist: bool) -> None:
+    if not uri.lower().startswith("sqlite:"):
+        return
+    from sqlalchemy.engine import make_url
+
+    database = make_url(uri).database
+    if not database or database == ":memory:":
+        return
+    path = Path(database)
+    if must_exist and not path.is_file():
+        raise TrackingError(
+            f"no MLflow tracking store at {redact_uri(uri)}: run a study first, or point "
+            "--tracking-uri (MLFLOW_TRACKING_URI) at the store that holds the model"
+        )
+    why = why_not_creatable(path)
+    if why is not None:
+        raise TrackingError(f"MLflow tracking store at {redact_uri(uri)} cannot be used: {why}")

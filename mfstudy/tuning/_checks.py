@@ -7,10 +7,10 @@ failed trial per sampled value. Each is now one line naming the key, before anyt
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
+from mfstudy._fs import why_not_creatable
 from mfstudy.config import StudyConfig
 from mfstudy.errors import ConfigError
 from mfstudy.models import model_class
@@ -75,19 +75,9 @@ def _without_password(spec: str) -> str:
 
 
 def _check_creatable(path: Path, shown: str) -> None:
-    """`path` exists as a file, or could be created: its nearest existing ancestor is a
-    writable folder."""
-    if path.exists():
-        if not path.is_file():
-            raise ConfigError(f"study.storage: {shown} exists and is not a file")
-        return
-    parent = path.absolute().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ConfigError(f"study.storage: cannot create {shown}: {parent} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"study.storage: cannot create {shown}: {parent} is not writable")
+    why = why_not_creatable(path)
+    if why is not None:
+        raise ConfigError(f"study.storage: cannot create {shown}: {why}")
 
 
 def check_metric(cfg: StudyConfig) -> None:

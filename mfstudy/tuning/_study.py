@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import multiprocessing
+import itertools
+import logging
 import os
+import threading
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -20,6 +21,7 @@ from mfstudy.tuning._worker import (
     BEST_EPOCH_ATTR,
     CRASHED_ATTR,
     WORKER_ATTR,
+    FailsCrashedTrials,
     TrialContext,
     TrialOutcome,
     finished_count,
@@ -28,6 +30,8 @@ from mfstudy.tuning._worker import (
     worker_loop,
 )
 
+log = logging.getLogger("mfstudy.tuning")
+
 __all__ = [
     "BestTrial",
     "best_trial",
@@ -35,6 +39,8 @@ __all__ = [
     "counts",
     "create_study",
     "fail_stale_trials",
+    "fail_worker_trial",
+    "find_study",
     "run_workers",
     "threads_per_worker",
     "trials_table",
@@ -73,6 +79,19 @@ def create_study(cfg: StudyConfig) -> tuple[optuna.Study, str]:
     return study, spec
 
 
+def find_study(cfg: StudyConfig) -> optuna.Study | None:
+    """The study `cfg.name` in its storage to read (attributes, trials), or None when there is
+    none yet; unlike :func:`create_study`, creates nothing."""
+    try:
+        return optuna.load_study(
+            study_name=cfg.name,
+            storage=make_storage(storage_spec(cfg)),
+            sampler=optuna.samplers.RandomSampler(),  # never samples; TPE's set-up is wasted
+        )
+    except KeyError:  # Optuna's "record does not exist"
+        return None
+
+
 def fail_stale_trials(study: optuna.Study, cfg: StudyConfig | None = None) -> list[FrozenTrial]:
     """Mark FAIL the RUNNING trials whose worker process is gone (a crash, `kill -9`).
 
@@ -88,13 +107,15 @@ def fail_stale_trials(study: optuna.Study, cfg: StudyConfig | None = None) -> li
         return _fail_stale_trials(study)
 
 
-def _fail_stale_trials(study: optuna.Study) -> list[FrozenTrial]:
+def _fail_stale_trials(study: optuna.Study, reason: str | None = None) -> list[FrozenTrial]:
     stale = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         token = t.user_attrs.get(WORKER_ATTR)
         if token is None or not token_alive(token):
             # Marked before the FAIL (a finished trial is read-only) so the budget re-runs it.
             study._storage.set_trial_user_attr(t._trial_id, CRASHED_ATTR, True)
+            if reason is not None:
+                study._storage.set_trial_user_attr(t._trial_id, "error", reason)
             study.tell(t.number, state=TrialState.FAIL)
             stale.append(t)
     return stale
@@ -111,6 +132,28 @@ def threads_per_worker(cfg: StudyConfig, workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
+def fail_worker_trial(ctx: TrialContext, token: str, reason: str) -> FrozenTrial | None:
+    """After a worker process of this machine ended mid-call (it died, or was stopped): mark
+    FAIL the trials left RUNNING by dead workers, end their tracking runs FAILED with `reason`
+    (when `ctx.tracker` can), and return the trial the worker `token` held, if any.
+
+    The same marking as on resume (:func:`fail_stale_trials`: a trial carries its worker's
+    token from the moment it is reserved), only at once: the trial is re-run by the budget
+    while the study goes on. The worker must be reaped first (a zombie's pid still answers).
+    """
+    study = _poll_study(ctx)
+    with reservation_lock(ctx.config, ctx.storage):
+        failed = _fail_stale_trials(study, reason)
+    if isinstance(ctx.tracker, FailsCrashedTrials):
+        for t in failed:
+            ctx.tracker.fail_crashed(t.number, t.user_attrs.get("mlflow_run_id"), reason)
+    # Another caller may have marked it first (two workers lost at once).
+    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if t.user_attrs.get(WORKER_ATTR) == token and CRASHED_ATTR in t.user_attrs:
+            return t
+    return None
+
+
 def run_workers(
     ctx: TrialContext,
     workers: int,
@@ -118,25 +161,70 @@ def run_workers(
     poll_seconds: float = 1.0,
 ) -> list[TrialOutcome]:
     """Run `workers` worker loops (separate processes when more than one) until the study has
-    `ctx.n_trials` finished trials; `on_poll(study)` is called about every `poll_seconds`."""
+    `ctx.n_trials` finished trials; `on_poll(study)` is called about every `poll_seconds`.
+
+    A worker process that dies (`kill -9`, the OOM killer) costs its trial only: the trial is
+    marked failed, in Optuna and tracking (:func:`fail_worker_trial`), a fresh process takes
+    over its loop, and the other workers go on. The outcomes returned are those of the loops
+    that ended normally.
+    """
+    from mfstudy.tuning._executors import TrialProcesses, WorkerDied
+
     if on_poll is not None:
         on_poll(_poll_study(ctx))
     if workers == 1:
         # In-process: no start-up cost, and a debugger sees the trial.
         return worker_loop(ctx, after_trial=on_poll)
-    # spawn, not fork: forking a process that already runs BLAS/OpenMP/numba threads can
-    # deadlock the child.
-    mp = multiprocessing.get_context("spawn")
     study = _poll_study(ctx)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp) as pool:
-        futures = [pool.submit(worker_loop, replace(ctx, worker=i)) for i in range(workers)]
-        while True:
-            done, pending = wait(futures, timeout=poll_seconds, return_when=FIRST_EXCEPTION)
+    outcomes: list[TrialOutcome] = []
+    errors: list[BaseException] = []
+    changed = threading.Event()
+    # A replacement loop gets a sampler seed of its own: the dead loop's would propose its
+    # first points again.
+    seeds = itertools.count(workers)
+    lock = threading.Lock()
+
+    def loop(procs: TrialProcesses, worker: int) -> None:
+        wctx = replace(ctx, worker=worker)
+        try:
+            while True:
+                try:
+                    done, _ = procs.run(worker_loop, wctx)
+                except WorkerDied as died:
+                    if died.stopped is not None:
+                        return
+                    trial = fail_worker_trial(ctx, died.token, died.reason)
+                    held = "" if trial is None else f"trial {trial.number} marked failed, "
+                    log.warning("%s: %sa new worker takes over", died.reason, held)
+                    with lock:
+                        wctx = replace(ctx, worker=next(seeds))
+                    continue
+                with lock:
+                    outcomes.extend(done)
+                return
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            changed.set()
+
+    # Processes of our own (not a process pool, which breaks as a whole when one child dies);
+    # spawned, not forked: forking a process that already runs BLAS/OpenMP/numba threads can
+    # deadlock the child. Each loop caps its own threads.
+    with TrialProcesses(workers, ctx.threads, owned=False) as procs:
+        threads = [
+            threading.Thread(target=loop, args=(procs, i), name=f"worker-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads) and not errors:
+            changed.wait(poll_seconds)
+            changed.clear()
             if on_poll is not None:
                 on_poll(study)
-            if not pending or any(f.exception() for f in done):
-                break
-        return [o for f in futures for o in f.result()]
+        if errors:
+            raise errors[0]
+    return outcomes
 
 
 def _poll_study(ctx: TrialContext) -> optuna.Study:

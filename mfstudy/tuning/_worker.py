@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import optuna
 from optuna.trial import TrialState
@@ -64,6 +64,14 @@ class TrialLog(Protocol):
         best_value: float | None,
         error: str | None = None,
     ) -> None: ...
+
+
+@runtime_checkable
+class FailsCrashedTrials(Protocol):
+    """A trial log factory that can also end FAILED the run of a trial whose worker process
+    died (tracking's `MlflowTrialLogs` does), so tracking agrees with Optuna at once."""
+
+    def fail_crashed(self, number: int, run_id: str | None, reason: str) -> None: ...
 
 
 #: Opens a TrialLog for (trial number, params); must be picklable (a module-level callable or

@@ -154,6 +154,7 @@ def test_fit_shapes_and_dtypes(family: str, board, fitted: Recommender) -> None:
 
 def test_check_params_names_a_rejected_hyperparameter(family: str, board) -> None:
     from mfstudy.errors import ConfigError
+
     cls = model_class(family)
     cls().check_params()  # the defaults are trainable
     bad = cls(iterations=-1)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import pickle
+import signal
 import threading
 import time
 from functools import partial
@@ -12,7 +14,7 @@ from pathlib import Path
 import pool_targets as targets
 import pytest
 
-from mfstudy.tuning import InProcessTrials, TrialProcesses, local_trials
+from mfstudy.tuning import InProcessTrials, TrialProcesses, WorkerDied, local_trials
 
 
 def test_local_trials_picks_in_process_for_one_worker() -> None:
@@ -63,6 +65,70 @@ def test_a_failing_call_raises_in_the_caller_with_what_it_logged() -> None:
             pool.run(targets.say_then_fail, "x")
         assert any("before failing: x" in note for note in info.value.__notes__)
         assert pool.run(targets.say, "still here")[0] == "still here"  # the worker lives on
+
+
+def _held_pid(folder: Path, timeout: float = 120.0) -> int:
+    """The pid of the worker that started `targets.hold` in `folder`."""
+    deadline = time.monotonic() + timeout
+    while not (held := list(folder.glob("held-*"))):
+        assert time.monotonic() < deadline, "no worker started the call"
+        time.sleep(0.05)
+    return int(held[0].name.removeprefix("held-"))
+
+
+def _run_in_thread(
+    pool: TrialProcesses, fn: object, *args: object
+) -> tuple[threading.Thread, list]:
+    out: list = []
+
+    def call() -> None:
+        try:
+            out.append(pool.run(fn, *args))  # type: ignore[arg-type]
+        except BaseException as exc:
+            out.append(exc)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    return thread, out
+
+
+def test_a_dead_worker_fails_only_its_call_and_is_replaced(tmp_path: Path) -> None:
+    with TrialProcesses(2, threads=1) as pool:
+        thread, out = _run_in_thread(pool, targets.hold, str(tmp_path))
+        pid = _held_pid(tmp_path)
+        others = {pool.run(targets.pid)[0] for _ in range(4)}  # the other worker serves on
+        assert pid not in others and len(others) == 1
+        os.kill(pid, signal.SIGKILL)
+        thread.join(timeout=60)
+        (died,) = out
+        assert isinstance(died, WorkerDied) and died.stopped is None
+        assert died.reason == "worker process died (signal 9)"
+        assert died.token.split(":")[1] == str(pid)  # what a trial it reserved would carry
+        # Two workers again: the survivor and a fresh process in the dead one's place.
+        meet = tmp_path / "meet"
+        meet.mkdir()
+        threads = [_run_in_thread(pool, targets.meet, str(meet), 2) for _ in range(2)]
+        for t, _ in threads:
+            t.join(timeout=120)
+        pids = {o[0][0] for _, o in threads}
+        assert len(pids) == 2 and pid not in pids and others < pids
+
+
+def test_stop_fails_running_and_waiting_calls(tmp_path: Path) -> None:
+    with TrialProcesses(1, threads=1) as pool:
+        running, out = _run_in_thread(pool, targets.hold, str(tmp_path))
+        pid = _held_pid(tmp_path)
+        waiting, queued = _run_in_thread(pool, targets.pid)
+        pool.stop("flow run cancelled")
+        running.join(timeout=60)
+        waiting.join(timeout=60)
+        for result in (out, queued):
+            (exc,) = result
+            assert isinstance(exc, WorkerDied)
+            assert exc.reason == "trial workers stopped: flow run cancelled"
+        assert out[0].token.split(":")[1] == str(pid)
+        with pytest.raises(WorkerDied, match="stopped"):
+            pool.run(targets.pid)
 
 
 def test_processes_stay_with_the_caller() -> None:
