@@ -1,11 +1,26 @@
-"""File-system checks shared by the layers that are handed a path to create later."""
+"""File locks and file-system checks shared by the layers (core, tuning, tracking)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["why_not_creatable"]
+__all__ = ["file_lock", "why_not_creatable"]
+
+
+@contextmanager
+def file_lock(path: Path, shared: bool = False) -> Iterator[None]:
+    """An flock on `path` (created if missing); the kernel releases it if the holder dies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def why_not_creatable(path: Path) -> str | None:

@@ -100,3 +100,49 @@ def test_text_ids_round_trip_through_the_registered_model(tmp_path: Path) -> Non
     # `7` and `007` are two users: the model knows both, and `7.0` is neither of them.
     bad = run("recommend", "--model", "models:/odd-ids@champion", "--user", "7.0", cwd=tmp_path)
     assert bad.returncode == 2 and "user '7.0' is not known" in bad.stderr
+
+
+def test_the_champion_is_read_as_checked_data_never_as_code(tmp_path: Path) -> None:
+    """`recommend` (and the nightly) read the registered model's JSON, NumPy and CSV files,
+    each checked against the sha256 recorded at registration; the pyfunc code stored beside
+    them is never imported, so writing to the artifact store does not run code here."""
+    from mlflow import MlflowClient
+
+    res = run("study", "--n-trials", "1", *TINY, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    version = client.get_model_version_by_alias("quickstart", "champion")
+    recorded = json.loads(version.tags["mfstudy.checksums"])
+    assert set(recorded) == {"model/model.json", "model/state.npz", "model/seen.npz",
+                             "users.csv", "items.csv"}  # fmt: skip
+    (root,) = (tmp_path / "runs" / "artifacts" / "models").iterdir()
+    data = root / "artifacts" / "artifacts"
+    ask = ("recommend", "--model", "models:/quickstart@champion", "--user", "3")
+
+    # Code planted in the stored pyfunc wrapper: never run by mfstudy's loading path.
+    marker = tmp_path / "pwned"
+    (root / "artifacts" / "pyfunc_model.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    assert run(*ask, cwd=tmp_path).returncode == 0
+    assert not marker.exists()
+
+    # A data file changed after registration: refused in one line.
+    state = data / "model" / "state.npz"
+    original = state.read_bytes()
+    state.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    bad = run(*ask, cwd=tmp_path)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert "state.npz does not match the checksum recorded at registration" in bad.stderr
+    state.write_bytes(original)
+    # A file slipped in beside the model's: refused too.
+    (data / "model" / "extra.npz").write_bytes(b"x")
+    bad = run(*ask, cwd=tmp_path)
+    assert bad.returncode == 2 and "model/extra.npz was not there at registration" in bad.stderr
+    (data / "model" / "extra.npz").unlink()
+
+    # A version registered before checksums were recorded: read (data only), with a warning.
+    client.delete_model_version_tag("quickstart", version.version, "mfstudy.checksums")
+    client.delete_logged_model_tag(version.source.removeprefix("models:/"), "mfstudy.checksums")
+    old = run(*ask, cwd=tmp_path)
+    assert old.returncode == 0, old.stderr
+    assert "registered before mfstudy recorded checksums" in old.stderr

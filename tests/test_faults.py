@@ -61,7 +61,7 @@ class Study:
             *(s.replace("ITER", str(self.iterations)) for s in SMALL),
             f"name={self.name}",
             f"workdir={self.workdir}",
-            f"tracking.uri={self.uri}",
+            *([f"tracking.uri={self.uri}"] if self.uri else []),  # "": the default store
             *self.extra,
         ]
         args = [EXE, "study", "--n-trials", str(self.n_trials), "--workers", str(self.workers)]
@@ -349,6 +349,30 @@ def test_four_processes_started_at_once_share_one_study(
     best = max(trials, key=lambda t: t.value)
     champion = client.get_model_version_by_alias(name, "champion")
     assert float(champion.tags["mfstudy.score"]) == pytest.approx(best.value)
+
+
+def test_four_first_starts_on_an_empty_workdir_create_one_default_store(
+    tmp_path: Path, spawn: Callable[[Study, str], Proc]
+) -> None:
+    """Four `mfstudy study` processes started at once on a workdir that does not exist yet,
+    with the default SQLite tracking store: each used to race to create and migrate
+    `mlflow.db` (`table _alembic_tmp_tags already exists`), and the half-migrated store broke
+    every later study there. Now all succeed: one study, the exact budget, one parent run."""
+    name = "fault-first-start"
+    study = Study(tmp_path / "runs", name, "", n_trials=8, workers=1, iterations=5)
+    procs = [spawn(study, f"p{i}") for i in range(4)]
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr
+    for p in procs:
+        _assert_clean_stderr(p)
+    trials = _trials(study)
+    assert sorted(t.number for t in trials) == list(range(study.n_trials))
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    _assert_optuna_and_mlflow_agree(trials, client, name)
+    parents, _ = _mlflow_runs(client, name)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["artifacts", name, "mlflow.db"]
 
 
 # ----------------------------------------------------------------------------- 3. server drop

@@ -1,8 +1,9 @@
 """The recommender as an MLflow pyfunc model, the registry and the `champion` alias.
 
 The logged model's artifacts are a saved `Recommender` folder (JSON + NumPy, no pickled code)
-and the raw-id maps as CSV; the pyfunc wrapper class itself holds no state and is pickled by
-reference, so loading needs `mfstudy` installed (it is listed in the model's requirements).
+and the raw-id maps as CSV, with their sha256 recorded at registration. mfstudy's own loading
+path (:func:`load_recommender`) reads only those files, verified; the pyfunc wrapper (code,
+models-from-code) is for MLflow's serving, which imports it from the artifact store.
 
 MLflow 3: models are logged with `name=` (a LoggedModel linked to the run), and the registry
 uses aliases, not stages. A version's holdout score is stored in its tags (`mfstudy.score`,
@@ -11,6 +12,8 @@ uses aliases, not stages. A version's holdout score is stored in its tags (`mfst
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import re
@@ -36,7 +39,9 @@ from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 from mfstudy.models import Recommender
 from mfstudy.tracking._errors import HoldoutMismatchError, TrackingError, UnknownIdError
 from mfstudy.tracking._recommender import (
+    ITEMS_CSV,
     RECOMMENDATION_COLUMNS,
+    USERS_CSV,
     LoadedRecommender,
     write_id_maps,
 )
@@ -55,6 +60,12 @@ _log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 SCORE_TAG = "mfstudy.score"
+#: sha256 of every data file mfstudy reads back (JSON {path in the model: digest}), recorded
+#: on the version and the logged model at registration and checked before anything is read.
+CHECKSUMS_TAG = "mfstudy.checksums"
+#: The data files of a logged recommender, relative to the model's root: MLflow puts pyfunc
+#: artifacts under `artifacts/`; the model folder holds `model.json` and NumPy archives.
+_DATA_ROOT = "artifacts"
 HOLDOUT_TAG = "mfstudy.holdout"
 DEFAULT_K = 10
 
@@ -215,13 +226,14 @@ def log_recommender(
             users_csv, items_csv = write_id_maps(
                 Path(tmp), rec.user_ids, rec.item_ids, rec.item_names
             )
+            checksums = json.dumps(_data_checksums(model_dir, users_csv, items_csv))
             # MLflow files a new LoggedModel under the *active* experiment (the Default one,
             # with its artifacts in ./mlruns) rather than the run's, so create it here.
             logged = client.create_logged_model(
                 experiment_id=client.get_run(run_id).info.experiment_id,
                 name=name,
                 source_run_id=run_id,
-                tags={"mfstudy.family": rec.model.family},
+                tags={"mfstudy.family": rec.model.family, CHECKSUMS_TAG: checksums},
                 model_type="recommender",
             )
             with _scoped_tracking_uri(uri):
@@ -245,6 +257,7 @@ def log_recommender(
         if registered_name is None:
             return LoggedRecommender(info.model_uri, info.model_id)
         version_tags = {k: str(v)[:MAX_TAG_VAL_LENGTH] for k, v in (tags or {}).items()}
+        version_tags[CHECKSUMS_TAG] = checksums
         if score is not None:
             version_tags[SCORE_TAG] = repr(float(score))
         if holdout is not None:
@@ -337,48 +350,102 @@ _REGISTRY_URI = re.compile(
 _LOGGED_MODEL_URI = re.compile(r"models:/(?P<id>m-[0-9a-f]+)(?P<rest>/.*)?")
 
 
-def _resolve_models_uri(model_uri: str, uri: str | None) -> str:
-    """`models:/name@alias`, `models:/name/3`, `models:/<model id>` -> artifact location.
+def load_recommender(model_uri: str, uri: str | None = None) -> LoadedRecommender:
+    """Load a logged recommender (`models:/name@champion`, `models:/name/3`, `models:/<id>`).
 
-    MLflow resolves `models:/` URIs against the *global* registry URI even when a tracking and
-    registry URI are passed to `download_artifacts` (it would silently open ./mlflow.db);
-    resolving here keeps the explicit `uri` authoritative.
+    Reads data only: the model's JSON and NumPy files and the id-map CSVs, each checked
+    against the sha256 recorded at registration before it is read. The pyfunc wrapper stored
+    beside them (Python code, for MLflow serving) is neither downloaded nor imported, so
+    whoever can write to the artifact store cannot run code on the machines that load the
+    champion. A file that does not match its checksum is a one-line :class:`TrackingError`.
+    `uri` is the tracking/registry URI to resolve `model_uri` against.
     """
-    if uri is None:
-        return model_uri
+    try:
+        location, recorded = _resolve_model(model_uri, uri)
+        with tempfile.TemporaryDirectory(prefix="mfstudy-load-") as tmp:
+            local = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"{location.rstrip('/')}/{_DATA_ROOT}",
+                    dst_path=tmp,
+                    tracking_uri=uri,
+                    registry_uri=uri,
+                )
+            )
+            _verify(model_uri, local, recorded)
+            # The saved Recommender folder (`Recommender.save` writes its model.json).
+            (model_dir,) = {p.parent for p in local.glob("*/model.json")}
+            rec = LoadedRecommender.from_folder(
+                model_dir, local / USERS_CSV, local / ITEMS_CSV, source=model_uri
+            )
+    except MlflowException as exc:
+        raise TrackingError(f"could not load model {model_uri}: {short_reason(exc)}") from exc
+    except (OSError, ValueError, KeyError) as exc:
+        raise TrackingError(f"{model_uri} is not a readable mfstudy recommender ({exc})") from exc
+    return rec
+
+
+def _resolve_model(model_uri: str, uri: str | None) -> tuple[str, dict[str, str] | None]:
+    """The artifact location of `model_uri` and the checksums recorded for it (None for a
+    model registered before they were)."""
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    tags: dict[str, str] = {}
     match = _REGISTRY_URI.fullmatch(model_uri)
     if match is not None:
         if match["alias"] is not None:
             mv = client.get_model_version_by_alias(match["name"], match["alias"])
         else:
             mv = client.get_model_version(match["name"], match["version"])
+        tags = dict(mv.tags)
         model_uri = str(mv.source) + (match["rest"] or "")
     logged = _LOGGED_MODEL_URI.fullmatch(model_uri)
-    if logged is not None:
-        location = client.get_logged_model(logged["id"]).artifact_location
-        model_uri = location.rstrip("/") + (logged["rest"] or "")
-    return model_uri
+    if logged is None:
+        raise TrackingError(
+            f"{model_uri}: give a registered model (models:/<name>@<alias>, models:/<name>/<v>) "
+            "or a logged model (models:/m-...)"
+        )
+    model = client.get_logged_model(logged["id"])
+    # The version's own tag first: the registry is where the champion is read from.
+    raw = tags.get(CHECKSUMS_TAG) or model.tags.get(CHECKSUMS_TAG)
+    return model.artifact_location, (json.loads(raw) if raw else None)
 
 
-def load_recommender(model_uri: str, uri: str | None = None) -> LoadedRecommender:
-    """Load a logged recommender (`models:/name@champion`, `models:/<id>`, `runs:/...`).
+def _data_checksums(model_dir: Path, users_csv: Path, items_csv: Path) -> dict[str, str]:
+    # MLflow stores the folder under its own name (`artifacts/<name>/...`).
+    model_dir = Path(model_dir)
+    files = {f"{model_dir.name}/{p.name}": p for p in sorted(model_dir.iterdir()) if p.is_file()}
+    files[USERS_CSV] = users_csv
+    files[ITEMS_CSV] = items_csv
+    return {name: _sha256(path) for name, path in files.items()}
 
-    `uri` is the tracking/registry URI to resolve `model_uri` against (default: MLflow's
-    configured one). Everything is read into memory, so the downloaded files are not kept.
-    """
-    try:
-        source = _resolve_models_uri(model_uri, uri)
-        with tempfile.TemporaryDirectory(prefix="mfstudy-load-") as tmp:
-            local = mlflow.artifacts.download_artifacts(
-                artifact_uri=source, dst_path=tmp, tracking_uri=uri, registry_uri=uri
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _verify(model_uri: str, local: Path, recorded: dict[str, str] | None) -> None:
+    """Every file read back must be one recorded at registration, with the same digest."""
+    found = {str(p.relative_to(local)): p for p in sorted(local.rglob("*")) if p.is_file()}
+    if recorded is None:
+        _log.warning(
+            "%s was registered before mfstudy recorded checksums: its data files are read "
+            "(no code is run) but cannot be verified; register it again to protect it",
+            model_uri,
+        )
+        return
+    for name in sorted(set(found) | set(recorded)):
+        if name not in recorded:
+            raise TrackingError(
+                f"{model_uri}: {_DATA_ROOT}/{name} was not there at registration; refusing "
+                "to load a tampered model"
             )
-            pyfunc = mlflow.pyfunc.load_model(local)
-            wrapper = pyfunc.unwrap_python_model()
-    except MlflowException as exc:
-        raise TrackingError(f"could not load model {model_uri}: {short_reason(exc)}") from exc
-    if not isinstance(wrapper, RecommenderPyfunc):
-        raise TrackingError(f"{model_uri} is not an mfstudy recommender")
-    rec = wrapper.recommender
-    rec.source = model_uri
-    return rec
+        if name not in found:
+            raise TrackingError(f"{model_uri}: {_DATA_ROOT}/{name} is missing from the model")
+        if _sha256(found[name]) != recorded[name]:
+            raise TrackingError(
+                f"{model_uri}: {_DATA_ROOT}/{name} does not match the checksum recorded at "
+                "registration; refusing to load a tampered model"
+            )

@@ -29,7 +29,7 @@ from mlflow.utils.validation import (
     MAX_PARAMS_TAGS_PER_BATCH,
 )
 
-from mfstudy._fs import why_not_creatable
+from mfstudy._fs import file_lock, why_not_creatable
 from mfstudy.tracking._errors import TrackingError
 from mfstudy.tracking._uri import is_http_uri, redact_uri
 
@@ -184,9 +184,16 @@ def check_reachable(
     that is not writable made MLflow retry for nearly two minutes); with `must_exist` (reading
     a registered model) it must exist already, and none is created.
     """
-    _check_sqlite_file(uri, must_exist)
+    lock = _check_sqlite_file(uri, must_exist)
     try:
-        Transport(uri, policy).ping()
+        if lock is None:
+            Transport(uri, policy).ping()
+        else:
+            # The first client of a new SQLite store creates and migrates its tables; two
+            # studies starting at once on a fresh workdir both did, and both failed
+            # (`table _alembic_tmp_tags already exists`), leaving a half-migrated store.
+            with file_lock(lock):
+                Transport(uri, policy).ping()
     except Exception as exc:
         what = "MLflow tracking server" if is_http_uri(uri) else "MLflow tracking store"
         raise TrackingError(
@@ -194,20 +201,45 @@ def check_reachable(
         ) from exc
 
 
-def _check_sqlite_file(uri: str, must_exist: bool) -> None:
+def _check_sqlite_file(uri: str, must_exist: bool) -> Path | None:
+    """For a SQLite store: one line now if it cannot be used, else the file to lock while the
+    store is created (None when it must exist already, or for other stores)."""
     if not uri.lower().startswith("sqlite:"):
-        return
+        return None
     from sqlalchemy.engine import make_url
 
     database = make_url(uri).database
     if not database or database == ":memory:":
-        return
+        return None
     path = Path(database)
     if must_exist and not path.is_file():
         raise TrackingError(
             f"no MLflow tracking store at {redact_uri(uri)}: run a study first, or point "
             "--tracking-uri (MLFLOW_TRACKING_URI) at the store that holds the model"
         )
-    why = why_not_creatable(path)
+    if must_exist:
+        return None
+    why = why_not_creatable(path) or _why_sqlite_fails(path)
     if why is not None:
         raise TrackingError(f"MLflow tracking store at {redact_uri(uri)} cannot be used: {why}")
+    # An flock on the database file itself: SQLite locks with fcntl() locks, which are
+    # independent of flock() on Linux, and no lock file is left beside the store.
+    return path
+
+
+def _why_sqlite_fails(path: Path) -> str | None:
+    """Open (or create) the SQLite file and take its write lock once: permission checks miss
+    what the file system refuses (a read-only mount; root passes every access() check)."""
+    import sqlite3
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # as MLflow's own store would
+        con = sqlite3.connect(path, timeout=30)
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            con.rollback()
+        finally:
+            con.close()
+    except (OSError, sqlite3.Error) as exc:
+        return f"{path}: {exc}"
+    return None

@@ -6,14 +6,13 @@ in a local process pool, a Prefect task or a Dask worker.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import math
 import os
 import socket
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -21,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 import optuna
 from optuna.trial import TrialState
 
+from mfstudy._fs import file_lock
 from mfstudy.config import StudyConfig
 from mfstudy.evaluation import evaluate_model
 from mfstudy.models import DivergedError, Recommender, model_class
@@ -129,18 +129,6 @@ def finished_count(study: optuna.Study, running: bool = False) -> int:
         elif t.state == TrialState.FAIL and CRASHED_ATTR not in t.user_attrs:
             n += 1
     return n
-
-
-@contextmanager
-def file_lock(path: Path, shared: bool = False) -> Iterator[None]:
-    """An flock on `path` (created if missing); the kernel releases it if the holder dies."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def study_lock(cfg: StudyConfig, shared: bool = False) -> AbstractContextManager[None]:
