@@ -21,6 +21,7 @@ import scipy.sparse as sp
 from mfstudy.config import StudyConfig
 from mfstudy.data import CleanStats, Interactions, clean, load
 from mfstudy.errors import DataError
+from mfstudy.secrets import public_config
 from mfstudy.split import HoldoutSplit, NewUserSplit, RandomSplit, make_split
 from mfstudy.thresholding import ThresholdStats, threshold
 
@@ -152,7 +153,7 @@ def split_stage(thresholded: Thresholded, cfg: StudyConfig) -> Prepared:
         "after_threshold": kept.summary(),
         "threshold": thresholded.stats.to_dict(),
         "split": {"kind": cfg.split.kind, **split.summary(), "evaluated_users": len(users)},
-        "config": cfg.model_dump(mode="json"),
+        "config": public_config(cfg.model_dump(mode="json")),  # no credentials in stats.json
     }
     return Prepared(kept, full, split.train, split.test, np.asarray(users, np.int64), foldin, stats)
 

@@ -64,6 +64,7 @@ from mfstudy.evaluation import evaluate_model, user_scores
 from mfstudy.metrics import PairedDifference, UserValues, paired_bootstrap
 from mfstudy.models import DivergedError, Recommender
 from mfstudy.prepare import Prepared
+from mfstudy.secrets import redact_uri
 
 __all__ = [
     "ArmScore",
@@ -480,7 +481,7 @@ class _RetrainRun:
             f"## Data since the champion\n\n{check.markdown()}"
         )
         run_id = self.open_run("gate_failed", check.changes(), {f"{TAG}reason": line})
-        report += f"\nMLflow run `{run_id}` at {self.uri}\n"
+        report += f"\nMLflow run `{run_id}` at {redact_uri(self.uri)}\n"
         try:
             self.report(run_id, report)
         finally:
@@ -514,7 +515,7 @@ class _RetrainRun:
             params=self.params,
             holdout=self.holdout,
             run_id=run_id,
-            tracking_uri=self.uri,
+            tracking_uri=redact_uri(self.uri),  # reported and returned: no password
             data=today,
             change=check.changes(),
             comparison=comparison,

@@ -23,6 +23,7 @@ from mfstudy.config import DataSource, StudyConfig
 from mfstudy.errors import StudyError
 from mfstudy.models import DivergedError, Recommender, model_class
 from mfstudy.prepare import Prepared, prepare, read_prepared, write_prepared
+from mfstudy.secrets import public_config, redact_uri
 from mfstudy.tuning import (
     BestTrial,
     TrialContext,
@@ -450,7 +451,8 @@ def study_for_data(cfg: StudyConfig, fingerprint: str, uri: str) -> tuple[StudyC
     theirs = existing.user_attrs.get(DATA_FINGERPRINT_ATTR)
     if theirs not in (None, fingerprint):
         raise StudyError(
-            f"{change}, but study {name!r} in {storage_spec(cfg)} holds trials of other data "
+            f"{change}, but study {name!r} in {redact_uri(storage_spec(cfg))} holds trials of "
+            "other data "
             f"(fingerprint {theirs[:8]}); rename or remove it"
         )
     if theirs is None:
@@ -496,13 +498,7 @@ def _check_location(cfg: StudyConfig, study: Any, uri: str) -> None:
 
 def _loggable(cfg: StudyConfig) -> dict[str, Any]:
     """The config as logged on the parent run: URIs without their passwords."""
-    from mfstudy import tracking
-
-    out = cfg.model_dump(mode="json")
-    for section, key in (("tracking", "uri"), ("study", "storage")):
-        if out[section][key]:
-            out[section][key] = tracking.redact_uri(out[section][key])
-    return out
+    return public_config(cfg.model_dump(mode="json"))
 
 
 def open_study(cfg: StudyConfig, prepared: Prepared | None = None) -> StudySession:

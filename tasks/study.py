@@ -22,6 +22,7 @@ from mfstudy.config import StudyConfig
 from mfstudy.models import Recommender
 from mfstudy.prepare import Prepared
 from mfstudy.retrain import RetrainResult, retrain_champion, retry_is_safe
+from mfstudy.secrets import redact_uri
 from mfstudy.study import (
     StudySession,
     end_study,
@@ -81,9 +82,9 @@ def open_study_task(cfg: StudyConfig, prepared: Prepared) -> StudySession:
     session = open_study(cfg, prepared)
     get_run_logger().info(
         "study %s: parent run %s at %s, data in %s",
-        cfg.name,
+        session.cfg.name,  # the study for this data (its name may carry the fingerprint)
         session.parent_run_id,
-        session.uri,
+        redact_uri(session.uri),
         session.data_dir,
     )
     return session

@@ -336,6 +336,14 @@ def _storage_driver_missing(inp: Path, mirror: str) -> Bad:
 
 
 @case("study")
+def _storage_references_an_unset_variable(inp: Path, mirror: str) -> Bad:
+    return Bad(
+        ["--set", "study.storage=postgresql://u:${MFSTUDY_UNSET_PW}@127.0.0.1/db"],
+        "study.storage: environment variable MFSTUDY_UNSET_PW is not set",
+    )
+
+
+@case("study")
 def _storage_is_a_folder(inp: Path, mirror: str) -> Bad:
     return Bad(["--set", f"study.storage={inp}"], f"study.storage: {inp} is a folder")
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import urlsplit
+
+from mfstudy.secrets import redact_uri
 
 __all__ = ["is_http_uri", "local_artifact_root", "redact_uri", "tracking_uri_for"]
 
@@ -39,21 +40,3 @@ def local_artifact_root(uri: str) -> str | None:
     if not db.is_absolute():
         db = db.resolve()
     return (db.parent / "artifacts").as_uri()
-
-
-def redact_uri(uri: str) -> str:
-    """`uri` without its secrets, fit to store and print: `scheme://host:port/path`.
-
-    Drops any `user:password@`, query (`?password=...`, tokens) and fragment; what is left
-    still names the location (server or database file)."""
-    if "://" not in uri:
-        return uri  # a profile name such as `databricks`: nothing to hide
-    try:
-        parts = urlsplit(uri)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port is not None else ""
-    except ValueError:  # a malformed port: keep only what cannot be a secret
-        return uri.split("://", 1)[0] + "://<redacted>"
-    if ":" in host:
-        host = f"[{host}]"  # IPv6
-    return f"{parts.scheme}://{host}{port}{parts.path}"

@@ -14,6 +14,7 @@ from mfstudy._fs import why_not_creatable
 from mfstudy.config import StudyConfig
 from mfstudy.errors import ConfigError
 from mfstudy.models import model_class
+from mfstudy.secrets import redact_uri, resolve_env
 from mfstudy.tuning._factories import is_url, storage_spec
 
 __all__ = ["check_metric", "check_range_ends", "check_storage", "check_tuning"]
@@ -30,9 +31,9 @@ def check_storage(spec: str) -> None:
     """A database URL whose dialect and driver load, or a journal file path that can be
     created: otherwise a one-line :class:`ConfigError` naming `study.storage`."""
     if is_url(spec):
-        _check_database_url(spec)
+        _check_database_url(resolve_env(spec, "study.storage"))
         return
-    path = Path(spec)
+    path = Path(resolve_env(spec, "study.storage"))
     if path.is_dir():
         raise ConfigError(f"study.storage: {spec} is a folder; give a journal file path")
     _check_creatable(path, spec)
@@ -42,7 +43,7 @@ def _check_database_url(spec: str) -> None:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-    shown = _without_password(spec)
+    shown = redact_uri(spec)
     try:
         url = make_url(spec)
     except ArgumentError:
@@ -63,15 +64,6 @@ def _check_database_url(spec: str) -> None:
         ) from None
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         _check_creatable(Path(url.database), shown)
-
-
-def _without_password(spec: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(spec).render_as_string(hide_password=True)
-    except Exception:  # not parseable: it cannot hold a password we could find either
-        return spec
 
 
 def _check_creatable(path: Path, shown: str) -> None:

@@ -12,6 +12,7 @@ from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
 from mfstudy.config import PrunerConfig, SamplerConfig, StudyConfig
+from mfstudy.secrets import resolve_env
 from mfstudy.tuning._space import grid_space
 
 __all__ = [
@@ -43,6 +44,9 @@ def make_storage(spec: str) -> optuna.storages.BaseStorage:
     so it never marked a trial stale; it only printed two warnings per process and trial.
     Trials of a killed worker are found by their worker token (`fail_stale_trials`).
     """
+    # `${NAME}` references are filled in here only: the config, the trial context handed to
+    # workers and everything logged keep the reference, never the password.
+    spec = resolve_env(spec, "study.storage")
     if is_url(spec):
         return RDBStorage(spec)
     path = Path(spec)

@@ -25,6 +25,7 @@ from mfstudy.config import StudyConfig
 from mfstudy.evaluation import evaluate_model
 from mfstudy.models import DivergedError, Recommender, model_class
 from mfstudy.prepare import Prepared, read_prepared
+from mfstudy.secrets import resolve_env
 from mfstudy.tuning._factories import is_url, make_pruner, make_sampler, make_storage
 from mfstudy.tuning._space import suggest
 
@@ -153,7 +154,7 @@ def reservation_lock(cfg: StudyConfig, storage: str) -> AbstractContextManager[N
     if is_url(storage):
         lock_path = cfg.workdir.resolve() / cfg.name / "reserve.lock"
     else:
-        lock_path = Path(storage + ".reserve.lock")
+        lock_path = Path(resolve_env(storage, "study.storage") + ".reserve.lock")
     return file_lock(lock_path)
 
 

@@ -1,0 +1,76 @@
+"""Keeping credentials out of everything mfstudy writes or prints.
+
+Two mechanisms, both applied to the two settings that may carry credentials (`study.storage`
+and `tracking.uri`):
+
+- **References, resolved only when connecting.** A config may write `${NAME}` for an
+  environment variable, e.g. `study.storage: postgresql://optuna:${OPTUNA_DB_PASSWORD}@db/optuna`.
+  The config, and everything made from it (logged parameters, `stats.json`, Prefect flow-run
+  parameters, cached results), keeps the reference; :func:`resolve_env` fills it in only where a
+  connection is opened. (MLflow's own `MLFLOW_TRACKING_USERNAME`/`MLFLOW_TRACKING_PASSWORD`/
+  `MLFLOW_TRACKING_TOKEN` and libpq's `PGPASSWORD`/`~/.pgpass` need no reference at all.)
+- **Redaction, wherever a location is shown or stored.** :func:`redact_uri` drops a literal
+  `user:password@`, the query (`?password=...`, tokens) and the fragment, so a password typed
+  into a config still never reaches a log line, a parameter or a file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+from mfstudy.errors import ConfigError
+
+__all__ = ["public_config", "redact_uri", "resolve_env"]
+
+_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+#: The config keys that may hold credentials: (section, key).
+SECRET_KEYS = (("study", "storage"), ("tracking", "uri"))
+
+
+def resolve_env(value: str, key: str) -> str:
+    """`value` with every `${NAME}` replaced by the environment variable NAME; a one-line
+    :class:`ConfigError` naming `key` and the variable when it is not set. Call only where a
+    connection is opened, and never store or print the result."""
+
+    def fill(match: re.Match[str]) -> str:
+        name = match.group(1)
+        found = os.environ.get(name)
+        if found is None:
+            raise ConfigError(f"{key}: environment variable {name} is not set")
+        return found
+
+    return _REFERENCE.sub(fill, value)
+
+
+def redact_uri(uri: str) -> str:
+    """`uri` without its secrets, fit to store and print: `scheme://host:port/path`.
+
+    Drops any `user:password@`, query (`?password=...`, tokens) and fragment; what is left
+    still names the location (server or database file). `${NAME}` references are kept: they
+    name a variable, not its value."""
+    if "://" not in uri:
+        return uri  # a file path or a profile name such as `databricks`: nothing to hide
+    try:
+        parts = urlsplit(uri)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port is not None else ""
+    except ValueError:  # a malformed port: keep only what cannot be a secret
+        return uri.split("://", 1)[0] + "://<redacted>"
+    if ":" in host:
+        host = f"[{host}]"  # IPv6
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def public_config(dumped: dict[str, Any]) -> dict[str, Any]:
+    """A config dump (`cfg.model_dump(mode="json")`) with its credential-bearing locations
+    redacted: what may be logged, stored in `stats.json` or shown."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in dumped.items()}
+    for section, key in SECRET_KEYS:
+        value = out.get(section, {}).get(key)
+        if isinstance(value, str):
+            out[section][key] = redact_uri(value)
+    return out
