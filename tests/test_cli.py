@@ -146,3 +146,33 @@ def test_the_champion_is_read_as_checked_data_never_as_code(tmp_path: Path) -> N
     old = run(*ask, cwd=tmp_path)
     assert old.returncode == 0, old.stderr
     assert "registered before mfstudy recorded checksums" in old.stderr
+
+
+def test_recommend_fails_fast_and_creates_nothing(tmp_path: Path) -> None:
+    """No store where none exists (it used to leave `runs/` behind); an unreachable server
+    and an unusable SQLite store are one line each, without MLflow's minutes of retries (the
+    command would otherwise outlive this test's timeout)."""
+    from servers import free_port
+
+    ask = ("recommend", "--model", "models:/quickstart@champion", "--user", "1")
+    empty = run(*ask, cwd=tmp_path)
+    assert empty.returncode == 2 and len(empty.stderr.strip().splitlines()) == 1, empty.stderr
+    assert "no MLflow tracking store at sqlite:///" in empty.stderr
+    assert list(tmp_path.iterdir()) == []
+
+    down = subprocess.run(
+        [EXE, *ask, "--tracking-uri", f"http://127.0.0.1:{free_port()}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert down.returncode == 2 and len(down.stderr.strip().splitlines()) == 1, down.stderr
+    assert "is unreachable: Connection refused" in down.stderr
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    study = subprocess.run(
+        [EXE, "study", "--n-trials", "1", *TINY, "--set", f"tracking.uri=sqlite:///{blocker}/x.db"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert study.returncode == 2 and len(study.stderr.strip().splitlines()) == 1, study.stderr
+    assert f"cannot be used: {blocker} is not a folder" in study.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
