@@ -21,6 +21,7 @@ from rich.table import Table
 
 from mfstudy import __version__
 from mfstudy.errors import MFStudyError
+from mfstudy.secrets import scrub
 
 app = typer.Typer(
     name="mfstudy",
@@ -41,7 +42,8 @@ def _user_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except MFStudyError as err:
             # Plain write, not rich: a one-line message must not be re-wrapped to the terminal.
-            sys.stderr.write(f"mfstudy: error: {err}\n")
+            # scrub: a library's message may quote the URL it failed on, password and all.
+            sys.stderr.write(f"mfstudy: error: {scrub(str(err))}\n")
             raise typer.Exit(err.exit_code) from None
 
     return wrapper  # type: ignore[return-value]

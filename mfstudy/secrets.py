@@ -19,11 +19,10 @@ from __future__ import annotations
 import os
 import re
 from typing import Any
-from urllib.parse import urlsplit
 
 from mfstudy.errors import ConfigError
 
-__all__ = ["public_config", "redact_uri", "resolve_env"]
+__all__ = ["public_config", "redact_uri", "resolve_env", "scrub"]
 
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -49,20 +48,33 @@ def resolve_env(value: str, key: str) -> str:
 def redact_uri(uri: str) -> str:
     """`uri` without its secrets, fit to store and print: `scheme://host:port/path`.
 
-    Drops any `user:password@`, query (`?password=...`, tokens) and fragment; what is left
-    still names the location (server or database file). `${NAME}` references are kept: they
-    name a variable, not its value."""
+    Drops everything up to the last `@` of the authority (`user:password@`, even a password
+    holding `/` or `@`), the query (`?password=...`, tokens) and the fragment; what is left
+    still names the location (server or database file). Parsed by hand rather than with
+    `urlsplit`, which gives up on a malformed port and reads `u:12/pw@host` as port 12."""
     if "://" not in uri:
         return uri  # a file path or a profile name such as `databricks`: nothing to hide
-    try:
-        parts = urlsplit(uri)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port is not None else ""
-    except ValueError:  # a malformed port: keep only what cannot be a secret
-        return uri.split("://", 1)[0] + "://<redacted>"
-    if ":" in host:
-        host = f"[{host}]"  # IPv6
-    return f"{parts.scheme}://{host}{port}{parts.path}"
+    scheme, rest = uri.split("://", 1)
+    rest = rest.split("#", 1)[0].split("?", 1)[0]
+    if "@" in rest:
+        rest = rest.rsplit("@", 1)[1]
+    return f"{scheme}://{rest}"
+
+
+#: `scheme://userinfo@` inside free text (an error message quoting a URL).
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^\s@'\"]*@")
+#: Query parameters that carry credentials.
+_SECRET_PARAM = re.compile(
+    r"([?&;](?:password|passwd|pwd|pass|token|access_token|secret|api_key|apikey|key)=)"
+    r"[^&;\s'\"]*",
+    re.IGNORECASE,
+)
+
+
+def scrub(text: str) -> str:
+    """`text` (an error message, a log line) with any `user:password@` of a URL it quotes and
+    any password-like query value replaced: libraries quote the URL they failed on."""
+    return _SECRET_PARAM.sub(r"\1***", _USERINFO.sub(r"\1", text))
 
 
 def public_config(dumped: dict[str, Any]) -> dict[str, Any]:

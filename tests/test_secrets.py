@@ -6,11 +6,16 @@ tests/prefect_flows/test_secrets.py.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from mfstudy.config import load_config
 from mfstudy.errors import ConfigError
-from mfstudy.secrets import public_config, redact_uri, resolve_env
+from mfstudy.secrets import public_config, redact_uri, resolve_env, scrub
 from mfstudy.tuning import make_storage
 
 
@@ -23,7 +28,9 @@ from mfstudy.tuning import make_storage
         ("sqlite:////tmp/x.db?password=s3cret", "sqlite:////tmp/x.db"),
         ("postgresql://optuna:${PW}@db/optuna", "postgresql://db/optuna"),
         ("/shared/optuna.journal", "/shared/optuna.journal"),
-        ("http://user:pw@host:notaport", "http://<redacted>"),
+        ("http://user:pw@host:notaport", "http://host:notaport"),
+        ("postgresql://optuna:1234/s3cret@127.0.0.1:1/db", "postgresql://127.0.0.1:1/db"),
+        ("http://u:99/s3cret@127.0.0.1:5000", "http://127.0.0.1:5000"),
     ],
 )
 def test_redact_uri(uri: str, shown: str) -> None:
@@ -58,3 +65,35 @@ def test_public_config_redacts_both_locations() -> None:
     assert "s3cret" not in repr(shown)
     assert shown["study"]["storage"] == "postgresql://db/o"
     assert dumped["study"]["storage"] == "postgresql://u:s3cret@db/o"  # the input is untouched
+
+
+def test_scrub_removes_credentials_a_library_quotes() -> None:
+    text = "Invalid url: http://u:1234/s3cret@127.0.0.1:99999/api/x?token=s3cret&x=1"
+    assert scrub(text) == "Invalid url: http://127.0.0.1:99999/api/x?token=***&x=1"
+
+
+def test_no_password_in_an_error_line_or_a_file_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hostile cases from a review: a URL no parser accepts (bad port) quoted by the HTTP
+    library in its error, and a whole storage URL held by a referenced variable (it was taken
+    for a journal path: a lock file named after the URL, password included, in the cwd)."""
+    exe = str(Path(sys.executable).with_name("mfstudy"))
+    tiny = ["--set", "data.n_users=300", "--set", "data.n_items=150",
+            "--set", "data.n_interactions=8000", "--n-trials", "1"]  # fmt: skip
+    bad = subprocess.run(
+        [exe, "study", *tiny, "--set", "tracking.uri=http://u:s3cret@127.0.0.1:99999"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "s3cret" not in bad.stdout + bad.stderr, bad.stderr
+
+    monkeypatch.setenv("MFSTUDY_TEST_DBURL", f"sqlite:///{tmp_path / 'opt.db'}?password=s3cret")
+    ok = subprocess.run(
+        [exe, "study", *tiny, "--set", "study.storage=${MFSTUDY_TEST_DBURL}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=os.environ.copy(),
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "opt.db").is_file()  # the variable was used as the URL it holds
+    leaked = [p for p in tmp_path.rglob("*") if "s3cret" in p.name]
+    leaked += [p for p in tmp_path.rglob("*") if p.is_file() and b"s3cret" in p.read_bytes()]
+    assert leaked == [] and "s3cret" not in ok.stdout + ok.stderr

@@ -30,6 +30,7 @@ from mlflow.utils.validation import (
 )
 
 from mfstudy._fs import file_lock, why_not_creatable
+from mfstudy.secrets import scrub
 from mfstudy.tracking._errors import TrackingError
 from mfstudy.tracking._uri import is_http_uri, redact_uri
 
@@ -52,8 +53,9 @@ CHECK_POLICY = FailurePolicy(timeout=5, retries=1, backoff_factor=0)
 
 
 def short_reason(exc: BaseException) -> str:
-    """The useful tail of a (possibly nested, very long) requests/urllib3 error message."""
-    text = " ".join(str(exc).split())
+    """The useful tail of a (possibly nested, very long) requests/urllib3 error message, with
+    any credentials of a URL it quotes removed."""
+    text = scrub(" ".join(str(exc).split()))
     errno = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
     if errno:
         return errno.group(1).strip()

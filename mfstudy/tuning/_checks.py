@@ -30,10 +30,12 @@ def check_tuning(cfg: StudyConfig) -> None:
 def check_storage(spec: str) -> None:
     """A database URL whose dialect and driver load, or a journal file path that can be
     created: otherwise a one-line :class:`ConfigError` naming `study.storage`."""
+    # Resolved first: a referenced variable may hold a whole URL, not only a password.
+    spec = resolve_env(spec, "study.storage")
     if is_url(spec):
-        _check_database_url(resolve_env(spec, "study.storage"))
+        _check_database_url(spec)
         return
-    path = Path(resolve_env(spec, "study.storage"))
+    path = Path(spec)
     if path.is_dir():
         raise ConfigError(f"study.storage: {spec} is a folder; give a journal file path")
     _check_creatable(path, spec)
@@ -46,7 +48,8 @@ def _check_database_url(spec: str) -> None:
     shown = redact_uri(spec)
     try:
         url = make_url(spec)
-    except ArgumentError:
+        url.port  # noqa: B018 - parsed lazily: a malformed port raises only when read
+    except (ArgumentError, ValueError):
         raise ConfigError(f"study.storage: {shown!r} is not a database URL") from None
     try:
         dialect = url.get_dialect()
@@ -62,7 +65,23 @@ def _check_database_url(spec: str) -> None:
             f"study.storage: the database driver for {url.drivername!r} is not installed "
             f"({exc.name or exc}); install it or use another URL"
         ) from None
-    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+    if getattr(dialect, "is_async", False):
+        # Optuna's RDB storage drives SQLAlchemy synchronously; an async driver fails mid-study.
+        raise ConfigError(
+            f"study.storage: {url.drivername!r} is an async driver; use a synchronous one "
+            f"(e.g. {url.get_backend_name()}://...)"
+        )
+    if url.get_backend_name() == "sqlite":
+        if url.host or url.username or url.password or url.port:
+            raise ConfigError(
+                f"study.storage: {shown!r} is not a SQLite URL (sqlite:////path/optuna.db)"
+            )
+        if url.database in (None, "", ":memory:"):
+            # Each worker process would get its own empty in-memory database.
+            raise ConfigError(
+                f"study.storage: {shown!r} is an in-memory database, which worker processes "
+                "cannot share; give a file (sqlite:////path/optuna.db)"
+            )
         _check_creatable(Path(url.database), shown)
 
 

@@ -151,10 +151,11 @@ def reservation_lock(cfg: StudyConfig, storage: str) -> AbstractContextManager[N
     # its workers share, so an flock beside it serialises them; for an RDB URL, workers on one
     # machine share a lock in the working folder (across machines a trial may overshoot by at
     # most the number of machines minus one).
+    storage = resolve_env(storage, "study.storage")  # a variable may hold a whole URL
     if is_url(storage):
         lock_path = cfg.workdir.resolve() / cfg.name / "reserve.lock"
     else:
-        lock_path = Path(resolve_env(storage, "study.storage") + ".reserve.lock")
+        lock_path = Path(storage + ".reserve.lock")
     return file_lock(lock_path)
 
 
