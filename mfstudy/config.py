@@ -529,7 +529,7 @@ class StudyConfig(_Config):
 
     name: str = Field("quickstart", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     """Study name: used for the output folder, the Optuna study and the MLflow experiment."""
-    seed: int = Field(42, ge=0, le=MAX_SEED)
+    seed: int = Field(42, ge=0, le=MAX_SEED, strict=True)
     """The one seed every random choice (data generation, split, models) flows from."""
     data: DataSource = Field(default_factory=SyntheticSource)
     """Where the interactions come from."""
@@ -628,7 +628,10 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     if not sep or not key.strip():
         raise ConfigError(f"override {item!r}: expected key=value, e.g. split.k=5")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        # As in a config file: a key given twice in `{a: 1, a: 2}` is an error, not the last.
+        value = yaml.load(raw, Loader=_UniqueKeyLoader) if raw.strip() else ""
+    except MappingKeyError as exc:
+        raise ConfigError(f"override {item!r}: {exc}") from None
     except yaml.YAMLError:
         value = raw
     return key.strip().split("."), value
@@ -653,8 +656,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
     return out
 
 
-class DuplicateKeyError(yaml.YAMLError):
-    """A key given twice in one YAML mapping (PyYAML silently keeps the last)."""
+class MappingKeyError(yaml.YAMLError):
+    """A key given twice in one YAML mapping (PyYAML silently keeps the last), or a key that
+    is not a plain value (`? [a, b]`)."""
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -665,10 +669,13 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
-            if key in seen:
-                raise DuplicateKeyError(
-                    f"line {key_node.start_mark.line + 1}: duplicate key {key!r}"
+            if not isinstance(key, str | int | float | bool) and key is not None:
+                raise MappingKeyError(
+                    f"line {key_node.start_mark.line + 1}: a key must be a plain value, not a "
+                    f"{type(key).__name__}"
                 )
+            if key in seen:
+                raise MappingKeyError(f"line {key_node.start_mark.line + 1}: duplicate key {key!r}")
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
@@ -702,7 +709,7 @@ def load_config(
                 f"{origin}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
                 f"{exc.start}); save the file as UTF-8"
             ) from None
-        except DuplicateKeyError as exc:
+        except MappingKeyError as exc:
             raise ConfigError(f"{origin}: {exc}") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)

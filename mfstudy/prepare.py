@@ -219,7 +219,13 @@ _WRITTEN = frozenset(
 
 
 def check_output_folder(out: Path) -> None:
-    """Raise :class:`DataError` unless `write_prepared` may write (and replace) `out`."""
+    """Raise :class:`DataError` unless `write_prepared` may write (and replace) `out`: a new
+    or empty folder, or one holding only what mfstudy writes there (with its marker, or, from
+    before the marker existed, a complete prepared folder whose `stats.json` is mfstudy's).
+    Any other file in it is a user's, and would be deleted by the replacement."""
+    if out.is_symlink():
+        # Replacing it would swap the link for a folder and leave the target unwritten.
+        raise DataError(f"{out}: is a symbolic link; give the folder it points to")
     if out.exists() and not out.is_dir():
         # It would be moved aside and never removed (rmtree skips files).
         raise DataError(f"{out}: exists and is not a folder; choose another output folder")
@@ -229,16 +235,40 @@ def check_output_folder(out: Path) -> None:
             f"{out}: is the current folder or holds it, and would be replaced; choose a new "
             "output folder"
         )
-    if out.is_dir():
-        try:
-            names = {p.name for p in out.iterdir()}
-        except OSError as exc:
-            raise DataError(f"{out}: cannot read the output folder ({exc.strerror})") from None
-        if names and MARKER not in names and not names <= _WRITTEN:
-            raise DataError(
-                f"{out}: exists, is not empty and was not written by mfstudy (no {MARKER}); "
-                "choose a new or empty output folder"
-            )
+    if not out.is_dir():
+        return
+    try:
+        names = {p.name for p in out.iterdir()}
+    except OSError as exc:
+        raise DataError(f"{out}: cannot read the output folder ({exc.strerror})") from None
+    if not names:
+        return
+    foreign = sorted(names - _WRITTEN)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (
+            f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        )
+        raise DataError(
+            f"{out}: holds files mfstudy did not write ({shown}); choose a new or empty output "
+            "folder"
+        )
+    if MARKER not in names and not _written_before_the_marker(out, names):
+        raise DataError(
+            f"{out}: exists, is not empty and was not written by mfstudy (no {MARKER}); "
+            "choose a new or empty output folder"
+        )
+
+
+def _written_before_the_marker(out: Path, names: set[str]) -> bool:
+    """A complete prepared folder from before the marker: its matrices, and a `stats.json`
+    with the statistics `split_stage` writes (a stray file of the same name has not)."""
+    if not {"full.npz", "train.npz", "test.npz", "stats.json"} <= names:
+        return False
+    try:
+        stats = json.loads((out / "stats.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(stats, dict) and {"split", "after_threshold", "seed"} <= set(stats)
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
@@ -264,7 +294,7 @@ def _ids_as_written(text: pd.Series) -> np.ndarray:
     spelling: integer ids (the public datasets) come back as the numbers they were, and text
     ids (`007`, `3.0`) exactly as written, never merged or re-spelled by type inference."""
     values = text.to_numpy(dtype=object)
-    canonical = text.str.fullmatch(r"-?(0|[1-9][0-9]{0,17})").all()
+    canonical = text.str.fullmatch(r"0|-?[1-9][0-9]{0,17}").all()  # not `-0`, not `007`
     return values.astype(np.int64) if canonical and len(values) else values
 
 

@@ -129,7 +129,7 @@ def _nan_weight(inp: Path, mirror: str) -> Bad:
 def _out_folder_not_written_by_mfstudy(inp: Path, mirror: str) -> Bad:
     mine = inp / "mine"
     _write(mine / "notes.txt", "a user's own file")
-    return Bad(["--out", str(mine)], f"{mine}: exists, is not empty and was not written by mfstudy")
+    return Bad(["--out", str(mine)], f"{mine}: holds files mfstudy did not write (notes.txt)")
 
 
 @case("prepare")

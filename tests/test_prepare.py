@@ -78,16 +78,36 @@ def test_a_folder_mfstudy_did_not_write_is_never_replaced(tmp_path: Path) -> Non
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("a user's own file")
-    with pytest.raises(DataError, match="not written by mfstudy"):
+    with pytest.raises(DataError, match=r"holds files mfstudy did not write \(notes.txt\)"):
         write_prepared(p, mine)
     assert [x.name for x in mine.iterdir()] == ["notes.txt"]
-    assert sorted(x.name for x in tmp_path.iterdir()) == ["mine"], "no temporary sibling left"
+    # A user's files that happen to share mfstudy's names are not mfstudy's either.
+    named = tmp_path / "named"
+    named.mkdir()
+    (named / "users.csv").write_text("mine\n")
+    (named / "stats.json").write_text("{}")
+    with pytest.raises(DataError, match="was not written by mfstudy"):
+        write_prepared(p, named)
+    assert (named / "users.csv").read_text() == "mine\n"
+    # A symbolic link is not replaced by a folder.
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(DataError, match="is a symbolic link"):
+        write_prepared(p, tmp_path / "link")
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["link", "mine", "named"], (
+        "no temporary sibling left"
+    )
     # Its own output, even one written before the marker existed, is replaced as before.
     out = write_prepared(p, tmp_path / "prep")
     assert (out / prepare_mod.MARKER).is_file()
     (out / prepare_mod.MARKER).unlink()
     write_prepared(p, out)
     assert (out / prepare_mod.MARKER).is_file()
+    # A user's file put into mfstudy's own folder is not deleted by the next write.
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match=r"holds files mfstudy did not write \(notes.txt\)"):
+        write_prepared(p, out)
+    assert (out / "notes.txt").read_text() == "mine"
+    (out / "notes.txt").unlink()
     # An empty folder is fine too.
     (tmp_path / "empty").mkdir()
     assert read_prepared(write_prepared(p, tmp_path / "empty")).train.nnz == p.train.nnz

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from pandas.api.types import (
+    is_bool_dtype,
     is_datetime64_any_dtype,
     is_integer_dtype,
     is_numeric_dtype,
@@ -54,6 +55,11 @@ __all__ = [
 PathLike = str | os.PathLike[str]
 
 _HEADER_ROWS = "data row {n} (1-based, header not counted)"
+#: What pandas reads as missing by default, kept for weights and names when id columns are
+#: read as plain text (`keep_default_na=False` applies to every column).
+_NA_TEXT = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
+            "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan",
+            "null"]  # fmt: skip
 _LINES = "line {n}"
 _PARQUET_ROWS = "row {n} (1-based)"
 
@@ -154,8 +160,13 @@ def _fail(path: Path, label: str, rows: str, mask: np.ndarray, problem: str) -> 
 def _weights(path: Path, col: pd.Series, label: str, rows: str) -> np.ndarray:
     """The weight column as finite non-negative float64 that fits float32 (the matrices' type),
     or a DataError on the first bad row."""
-    if is_datetime64_any_dtype(col.dtype) or is_timedelta64_dtype(col.dtype):
-        # pandas would turn them into nanosecond counts: weights in the billions, silently.
+    if (
+        is_bool_dtype(col.dtype)
+        or is_datetime64_any_dtype(col.dtype)
+        or is_timedelta64_dtype(col.dtype)
+    ):
+        # True/False would count as 1/0 and the zeros be stored as interactions; timestamps
+        # would become nanosecond counts: weights in the billions. Neither silently.
         raise DataError(f"{path}: {label} holds {col.dtype} values; weights must be numbers")
     if is_numeric_dtype(col.dtype):
         w = col.to_numpy(dtype=np.float64, na_value=np.nan)
@@ -209,6 +220,8 @@ def _interactions(
     ids = {}
     for c in (user, item):
         na = frame[c].isna().to_numpy()
+        if text_ids:
+            na = na | (frame[c] == "").to_numpy()  # an empty field, read as text
         if na.any():
             raise _fail(path, label(c), rows, na, "missing id")
         if integer_ids:
@@ -426,11 +439,17 @@ def load_table(source: TableSource) -> RawInteractions:
     else:
         sep = source.sep if source.sep is not None else ("," if fmt == "csv" else "\t")
         # Ids as text unless told otherwise: inferred numbers would merge `007` with `7`, and one
-        # `3.0` would turn every id of the column into a float.
-        dtype = {} if integer else dict.fromkeys(id_cols, str)
-        frame = _read_with_header(
-            p, needed, sep_key="data.sep", sep=sep, encoding="utf-8", dtype=dtype
-        )
+        # `3.0` would turn every id of the column into a float. Nor are `NA`, `null` or `nan`
+        # missing values in an id column: they are ids (only an empty field is missing).
+        opts: dict[str, Any] = {}
+        if not integer:
+            others = [c for c in needed if c not in id_cols]
+            opts = {
+                "dtype": dict.fromkeys(id_cols, str),
+                "keep_default_na": False,
+                "na_values": dict.fromkeys(others, _NA_TEXT),
+            }
+        frame = _read_with_header(p, needed, sep_key="data.sep", sep=sep, encoding="utf-8", **opts)
         rows = _HEADER_ROWS
     out = _interactions(
         p,

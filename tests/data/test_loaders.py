@@ -437,6 +437,15 @@ def test_table_ids_are_opaque_text_unless_told(tmp_path: Path) -> None:
         3,
         7,
     ]
+    # Words pandas would read as missing are ids like any other; an empty field is missing.
+    path.write_text("user,item,w\nNA,null,1\nnan,None,NaN\n", encoding="utf-8")
+    got = load_table(TableSource(path=path)).frame
+    assert got[["user", "item"]].values.tolist() == [["NA", "null"], ["nan", "None"]]
+    with pytest.raises(DataError, match="missing weight"):
+        load_table(TableSource(path=path, weight_col="w"))
+    path.write_text("user,item\n7,1\n,1\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"data row 2 .*: missing id"):
+        load_table(TableSource(path=path))
     path.write_text("user,item\n7,1\nx7,1\n", encoding="utf-8")
     with pytest.raises(DataError, match="id 'x7' is not an integer"):
         load_table(TableSource(path=path, id_type="integer"))
