@@ -123,3 +123,10 @@ def test_set_on_the_embedded_default_merges_into_its_search_space() -> None:
     assert load_config(REPO / "configs" / "quickstart.yaml", ["search_space.wrmf.factors=8"]) == (
         load_config(None, ["search_space.wrmf.factors=8"])
     )
+
+
+def test_workers_beyond_the_budget_are_not_started() -> None:
+    assert load_config(None, ["study.workers=6", "study.n_trials=2"]).study.workers == 2
+    assert load_config(None, ["study.workers=2", "study.n_trials=8"]).study.workers == 2
+    with pytest.raises(ConfigError, match=r"study\.workers"):  # the bound still applies first
+        load_config(None, ["study.workers=100000", "study.n_trials=1"])
