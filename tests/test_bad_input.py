@@ -372,6 +372,14 @@ def _range_the_model_rejects(inp: Path, mirror: str) -> Bad:
     )
 
 
+@case("study")
+def _zero_epochs(inp: Path, mirror: str) -> Bad:
+    return Bad(
+        ["--set", "search_space.wrmf.iterations=0"],
+        "search_space.wrmf.iterations: a trial needs at least one epoch, got 0",
+    )
+
+
 @case("prepare", "study")
 def _k_larger_than_the_catalogue(inp: Path, mirror: str) -> Bad:
     return Bad(["--set", "evaluation.k=5000"], "evaluation.k=5000 is larger than the catalogue")

@@ -116,6 +116,13 @@ def check_range_ends(cfg: StudyConfig) -> None:
                     cls(**{name: value}).check_params()
                 except ConfigError as exc:
                     raise ConfigError(f"search_space.{family}.{name}: {exc}") from None
+                if name == "iterations" and isinstance(value, int) and value < 1:
+                    # A model may be built untrained (WRMF(iterations=0)); a trial may not:
+                    # with no epoch there is nothing to evaluate, and every trial would fail.
+                    raise ConfigError(
+                        f"search_space.{family}.iterations: a trial needs at least one epoch, "
+                        f"got {value}"
+                    )
 
 
 def _values(spec: Any) -> list[Any]:
