@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "DataError",
+    "DownloadError",
     "MFStudyError",
     "RetrainGateError",
     "SplitError",
@@ -21,6 +22,9 @@ class MFStudyError(Exception):
     """A problem with the user's input, reported as one line naming what is wrong."""
 
     exit_code: int = 2
+    #: Whether the same call may succeed when simply repeated (a network blip), so that an
+    #: orchestrator's retry is worth it; a wrong path or a bad value fails the same way again.
+    transient: bool = False
 
     def __str__(self) -> str:
         # Collapse newlines so the message stays a single line wherever it is printed.
@@ -34,6 +38,12 @@ class ConfigError(MFStudyError):
 
 class DataError(MFStudyError):
     """Input data that cannot be used (missing file or column, bad values, nothing left)."""
+
+
+class DownloadError(DataError):
+    """A public dataset could not be fetched (network, server): worth another try."""
+
+    transient = True
 
 
 class SplitError(MFStudyError):

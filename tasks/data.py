@@ -18,6 +18,7 @@ from prefect.context import TaskRunContext
 from mfstudy.config import StudyConfig
 from mfstudy.prepare import Ingested, Prepared, Thresholded, ingest, split_stage, threshold_stage
 from mfstudy.study import input_checksum
+from tasks._retry import unless_user_error
 
 __all__ = ["data_cache_key", "ingest_task", "split_task", "threshold_task"]
 
@@ -52,6 +53,7 @@ def _key(stage: str) -> Any:
     name="ingest",
     retries=2,
     retry_delay_seconds=5,
+    retry_condition_fn=unless_user_error,  # a download may pass next time; a wrong path not
     cache_key_fn=_key("ingest"),
     persist_result=True,
 )

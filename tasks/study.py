@@ -42,6 +42,7 @@ from mfstudy.tuning import (
     WorkerDied,
     fail_worker_trial,
 )
+from tasks._retry import unless_user_error
 
 __all__ = [
     "end_study_task",
@@ -76,7 +77,13 @@ def warm_up_task(cfg: StudyConfig, slot: int = 0, trials: TrialExecutor | None =
     return warm_up(cfg)
 
 
-@task(name="open-study", retries=2, retry_delay_seconds=5, **_PLAIN)
+@task(
+    name="open-study",
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=unless_user_error,  # a tracking server away, not a refused resume
+    **_PLAIN,
+)
 def open_study_task(cfg: StudyConfig, prepared: Prepared) -> StudySession:
     """Write the prepared data, create or resume the Optuna study and the MLflow parent run."""
     session = open_study(cfg, prepared)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mfstudy.config import DATA_DIR_ENV
-from mfstudy.errors import DataError
+from mfstudy.errors import DataError, DownloadError
 
 __all__ = [
     "CACHE_DIR_ENV",
@@ -237,7 +237,7 @@ def download_dataset(name: str, root: str | os.PathLike[str] | None = None) -> P
         try:
             actual = _fetch(url, archive)
         except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
-            raise DataError(
+            raise DownloadError(
                 f"{spec.name}: download of {url} failed ({_reason(exc)}); "
                 + _where_to_put(spec, root_dir)
             ) from None

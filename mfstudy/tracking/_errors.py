@@ -10,9 +10,13 @@ __all__ = ["HoldoutMismatchError", "TrackingError", "UnknownIdError"]
 class TrackingError(MFStudyError):
     """The MLflow tracking server or registry cannot do what the study needs (one line)."""
 
+    transient = True  # mostly a server away or a connection lost: a retry may go through
+
 
 class HoldoutMismatchError(TrackingError):
     """Champion and candidate were scored on different holdouts: their scores do not compare."""
+
+    transient = False  # the same two holdouts differ the same way on every try
 
 
 class UnknownIdError(MFStudyError, KeyError):
