@@ -418,7 +418,7 @@ def study_for_data(cfg: StudyConfig, fingerprint: str, uri: str) -> tuple[StudyC
         return cfg, None
     recorded = base.user_attrs.get(DATA_FINGERPRINT_ATTR)
     if recorded is None:
-        n = len(base.get_trials(deepcopy=False))
+        n = _trials_run(base)
         if n:
             log.warning(
                 "study %r has %d trial(s) from before data fingerprints were recorded: assuming "
@@ -461,6 +461,12 @@ def study_for_data(cfg: StudyConfig, fingerprint: str, uri: str) -> tuple[StudyC
     return new, existing
 
 
+def _trials_run(study: Any) -> int:
+    """Trials that started (and so were scored and tracked): not the enqueued ones still
+    WAITING, which have no score and no MLflow run yet (`study.enqueue_trial`)."""
+    return sum(t.state.name != "WAITING" for t in study.get_trials(deepcopy=False))
+
+
 def _check_location(cfg: StudyConfig, study: Any, uri: str) -> None:
     """Refuse to resume study `cfg.name` at a tracking location that lacks its trials.
 
@@ -476,7 +482,7 @@ def _check_location(cfg: StudyConfig, study: Any, uri: str) -> None:
 
     here = tracking.redact_uri(uri)
     recorded = study.user_attrs.get(TRACKING_ATTR)
-    n = len(study.get_trials(deepcopy=False))
+    n = _trials_run(study)
     experiment = cfg.tracking.experiment or cfg.name
     if n and tracking.find_study_run(uri, experiment, cfg.name) is None:
         if recorded not in (None, here):

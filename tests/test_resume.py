@@ -313,3 +313,28 @@ def test_tracking_locations_are_recorded_without_secrets(uri: str, shown: str) -
     from mfstudy.tracking import redact_uri
 
     assert redact_uri(uri) == shown
+
+
+def test_enqueued_trials_do_not_count_as_trials_run(tmp_path: Path) -> None:
+    """Trials enqueued before the first run (`study.enqueue_trial`, as the benchmarks do to
+    give two runs the same trials) are WAITING: no score, no MLflow run. A fresh tracking
+    location has nothing to miss then, and the study runs them (it was refused: "has 30
+    trial(s) but no parent run")."""
+    from mfstudy.tuning import create_study
+
+    cfg = load_config(
+        None,
+        [
+            f"workdir={tmp_path / 'runs'}",
+            "data.n_users=300",
+            "data.n_items=150",
+            "data.n_interactions=8000",
+            "study.n_trials=1",
+            "study.pruner.kind=none",
+            "search_space={wrmf: {factors: {type: int, low: 4, high: 16}, iterations: 3}}",
+        ],
+    )
+    study, _ = create_study(cfg)
+    study.enqueue_trial({"factors": 7})
+    result = run_study(cfg)
+    assert result.best.params["factors"] == 7
