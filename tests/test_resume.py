@@ -298,23 +298,6 @@ def test_a_study_from_before_fingerprints_adopts_the_data_where_its_runs_are(
     assert list(_parents(MlflowClient(tracking_uri), name)) == [name]
 
 
-@pytest.mark.parametrize(
-    ("uri", "shown"),
-    [
-        ("http://alice:s3cret@mlflow.example:5000", "http://mlflow.example:5000"),
-        ("https://token@host/prefix?api_key=s3cret#x", "https://host/prefix"),
-        ("postgresql://u:s3cret@db-host/mlflow?password=s3cret", "postgresql://db-host/mlflow"),
-        ("sqlite:////srv/runs/mlflow.db", "sqlite:////srv/runs/mlflow.db"),
-        ("http://[::1]:5000", "http://[::1]:5000"),
-        ("databricks", "databricks"),
-    ],
-)
-def test_tracking_locations_are_recorded_without_secrets(uri: str, shown: str) -> None:
-    from mfstudy.tracking import redact_uri
-
-    assert redact_uri(uri) == shown
-
-
 def test_enqueued_trials_do_not_count_as_trials_run(tmp_path: Path) -> None:
     """Trials enqueued before the first run (`study.enqueue_trial`, as the benchmarks do to
     give two runs the same trials) are WAITING: no score, no MLflow run. A fresh tracking

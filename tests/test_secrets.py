@@ -31,6 +31,12 @@ from mfstudy.tuning import make_storage
         ("http://user:pw@host:notaport", "http://host:notaport"),
         ("postgresql://optuna:1234/s3cret@127.0.0.1:1/db", "postgresql://127.0.0.1:1/db"),
         ("http://u:99/s3cret@127.0.0.1:5000", "http://127.0.0.1:5000"),
+        ("http://alice:s3cret@mlflow.example:5000", "http://mlflow.example:5000"),
+        ("https://token@host/prefix?api_key=s3cret#x", "https://host/prefix"),
+        ("postgresql://u:s3cret@db-host/mlflow?password=s3cret", "postgresql://db-host/mlflow"),
+        ("sqlite:////srv/runs/mlflow.db", "sqlite:////srv/runs/mlflow.db"),
+        ("http://[::1]:5000", "http://[::1]:5000"),
+        ("databricks", "databricks"),
     ],
 )
 def test_redact_uri(uri: str, shown: str) -> None:

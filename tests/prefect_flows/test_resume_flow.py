@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.sorting import ArtifactSort
+from test_resume import SETS
 
 from helpers import journal_study
 from mfstudy.config import SyntheticSource, load_config
@@ -30,12 +31,7 @@ def _overrides(csv: Path, workdir: Path, uri: str) -> list[str]:
         f"workdir={workdir}",
         f"tracking.uri={uri}",
         f"data={{source: table, path: {csv}}}",
-        "threshold.min_items_per_user=5",
-        "threshold.min_users_per_item=5",
-        "study.pruner.kind=none",
-        "study.threads_per_worker=1",
-        "search_space={wrmf: {factors: 8, regularization: 1.0,"
-        " alpha: {type: float, low: 1, high: 30, log: true}, iterations: 4}}",
+        *SETS,  # the same small study as the command's resume tests
     ]
 
 
