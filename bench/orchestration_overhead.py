@@ -152,7 +152,7 @@ def flow_child(trials: int, quick: bool, uri: str) -> dict[str, Any]:
             "results": _results(study),
             "busy_seconds": _busy(study),
             "planned": sorted(sorted(p.items()) for p in planned),
-            "model_version": result["model_version"],
+            "model_version": result.model_version,
         }
 
 
@@ -243,7 +243,7 @@ def bare_child(trials: int, quick: bool) -> dict[str, Any]:
     prepared = time.perf_counter()
     study = optuna.create_study(
         direction=cfg.direction,
-        sampler=make_sampler(cfg.study.sampler, cfg, worker=0),
+        sampler=make_sampler(cfg.study.sampler, cfg),
         pruner=optuna.pruners.NopPruner(),
     )
     for params in planned:

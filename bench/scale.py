@@ -322,7 +322,7 @@ def run_trial_once(prepared: Any, cfg: Any, threads: int) -> Any:
     study = optuna.create_study(
         study_name=cfg.name,
         direction=cfg.direction,
-        sampler=make_sampler(cfg.study.sampler, cfg, worker=0),
+        sampler=make_sampler(cfg.study.sampler, cfg),
         pruner=make_pruner(cfg.study.pruner),
     )
     ctx = TrialContext(

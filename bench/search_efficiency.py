@@ -41,7 +41,7 @@ def run_search(config: Path, overrides: list[str], workers: int) -> dict[str, fl
     from mfstudy.config import load_config
     from mfstudy.prepare import prepare, write_prepared
     from mfstudy.study import holdout_fingerprint
-    from mfstudy.tuning import TrialContext, create_study, quiet, run_workers, threads_per_worker
+    from mfstudy.tuning import TrialContext, create_study, quiet, run_local, threads_per_worker
 
     quiet()
     with tempfile.TemporaryDirectory() as tmp:
@@ -58,7 +58,7 @@ def run_search(config: Path, overrides: list[str], workers: int) -> dict[str, fl
             threads=threads_per_worker(cfg, workers),
         )
         start = time.perf_counter()
-        run_workers(ctx, workers)
+        run_local(ctx, workers)
         seconds = time.perf_counter() - start
         trials = study.get_trials(deepcopy=False)
         epochs = sum(max(t.intermediate_values) for t in trials if t.intermediate_values)

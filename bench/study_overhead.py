@@ -37,7 +37,7 @@ def one_study(tmp: Path, trials: int, uri: str | None) -> float:
     from mfstudy.config import load_config
     from mfstudy.prepare import prepare, write_prepared
     from mfstudy.study import MlflowTrialLogs
-    from mfstudy.tuning import TrialContext, create_study, quiet, run_workers
+    from mfstudy.tuning import TrialContext, create_study, quiet, run_local
 
     quiet()
     cfg = load_config(
@@ -56,7 +56,7 @@ def one_study(tmp: Path, trials: int, uri: str | None) -> float:
         )
     ctx = TrialContext(cfg, spec, cfg.name, data, trials, threads=2, tracker=tracker)
     start = time.perf_counter()
-    run_workers(ctx, 1)
+    run_local(ctx, 1)
     return time.perf_counter() - start
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from dataclasses import replace
 from functools import partial
 from typing import Annotated, Any, Literal
 
@@ -38,9 +37,25 @@ from pydantic import Field
 
 from mfstudy.config import StudyConfig, load_config
 from mfstudy.errors import ConfigError
-from mfstudy.study import StudySession, check_study, interrupt_study, progress_info, warm_up
+from mfstudy.study import (
+    CloseSteps,
+    StudyResult,
+    StudySession,
+    check_study,
+    close_study,
+    interrupt_study,
+    progress_info,
+    warm_up,
+)
 from mfstudy.tracking import redact_uri
-from mfstudy.tuning import TrialExecutor, TrialOutcome, local_trials, threads_per_worker
+from mfstudy.tuning import (
+    TrialContext,
+    TrialExecutor,
+    TrialOutcome,
+    drive_trials,
+    local_trials,
+    threads_per_worker,
+)
 from tasks import (
     end_study_task,
     ingest_task,
@@ -55,9 +70,19 @@ from tasks import (
     warm_up_task,
 )
 
-__all__ = ["artifact_key", "study_flow", "trial_runner", "trials_markdown"]
+__all__ = ["PrefectLanes", "artifact_key", "study_flow", "trial_runner", "trials_markdown"]
 
 RunnerKind = Literal["process", "dask"]
+
+#: :func:`~mfstudy.study.close_study`'s steps as task runs (retries where a step is safe to
+#: repeat: see `tasks/study.py`).
+CLOSE_STEPS = CloseSteps(
+    summarize=summarize_task,
+    retrain=retrain_best_task,
+    similarities=similarities_task,
+    register=register_task,
+    end=end_study_task,
+)
 
 
 def trial_runner(kind: RunnerKind, workers: int, dask_address: str | None) -> TaskRunner[Any]:
@@ -83,21 +108,6 @@ def artifact_key(prefix: str, name: str) -> str:
     return f"{prefix}-{slug}"
 
 
-def load_study_config(
-    config: str | None,
-    overrides: list[str],
-    n_trials: int | None = None,
-    workers: int | None = None,
-    timeout: float | None = None,
-) -> StudyConfig:
-    """The config file with `--set`-style overrides and the flow's budget parameters."""
-    extra = list(overrides)
-    for key, value in (("n_trials", n_trials), ("workers", workers), ("timeout", timeout)):
-        if value is not None:
-            extra.append(f"study.{key}={value}")
-    return load_config(config, extra)
-
-
 def prepare_data(cfg: StudyConfig) -> Any:
     """Ingest -> threshold -> split as three cached tasks; returns the `Prepared` data."""
     ingested = ingest_task(cfg)
@@ -110,82 +120,64 @@ def prepare_data(cfg: StudyConfig) -> Any:
 PROGRESS_EVERY = 5.0
 
 
+class PrefectLanes:
+    """Trial units as task runs of `runner` (:func:`mfstudy.tuning.drive_trials` decides
+    which and when): a thread each that hands the unit to `trials`, this machine's trial
+    workers, or with `trials` None the unit itself on a Dask worker. `runner` (and `trials`)
+    must already be entered."""
+
+    def __init__(self, runner: TaskRunner[Any], trials: TrialExecutor | None) -> None:
+        self.runner = runner
+        self.trials = trials
+
+    def submit(self, ctx: TrialContext, slot: int) -> PrefectFuture[Any]:
+        return self.runner.submit(run_trial_task, {"ctx": ctx, "slot": slot, "trials": self.trials})
+
+    def wait(self, futures: list[Any], timeout: float) -> tuple[Any, Any]:
+        done, not_done = wait(futures, timeout=timeout)
+        return done, not_done
+
+
 def run_trials(
-    session: StudySession,
-    runner: TaskRunner[Any],
-    workers: int,
-    trials: TrialExecutor | None = None,
+    session: StudySession, runner: TaskRunner[Any], workers: int, trials: TrialExecutor | None
 ) -> list[TrialOutcome]:
-    """Keep `workers` + 1 trial task runs going until one reports the budget used up.
-
-    The one beyond `workers` waits for a free worker, so the next trial starts the moment one
-    ends instead of after the flow has seen the end and submitted a new task run (in the
-    Prefect UI it shows as running meanwhile). Each task reserves its trial under the study's
-    lock when it starts, so the budget is exact whatever runs the tasks; a task returning None
-    means no trial is left to start, so no new one is submitted and the running ones are
-    waited for. `runner` (and `trials`, this machine's trial workers, None on Dask) must
-    already be entered.
-    """
-    from mfstudy.tuning import load_study
-
+    """The study's trials as task runs (`workers` + 1 in flight: the one beyond `workers`
+    waits for a free worker, so the next trial starts the moment one ends; in the Prefect UI
+    it shows as running meanwhile), with a progress artifact and a progress line."""
     cfg = session.cfg
     logger = get_run_logger()
     progress = create_progress_artifact(
         0.0, key=artifact_key("trials", cfg.name), description=f"{cfg.name}: trials finished"
     )
-    study = load_study(session.ctx)
-    # Each task builds its sampler afresh, seeded by `ctx.worker`: a distinct index per task
-    # (continuing after the trials a resumed study already has) keeps their random startup
-    # proposals distinct and the whole run reproducible.
-    offset = len(study.get_trials(deepcopy=False))
-    outcomes: list[TrialOutcome] = []
-    slot = 0
+    reported = [time.monotonic()]
 
-    def submit() -> PrefectFuture[Any]:
-        nonlocal slot
-        slot += 1
-        ctx = replace(session.ctx, worker=offset + slot)
-        return runner.submit(run_trial_task, {"ctx": ctx, "slot": slot, "trials": trials})
-
-    pending = {submit() for _ in range(workers + 1)}
-    exhausted = False
-    reported = time.monotonic()
-    while pending:
-        done, pending = wait(list(pending), timeout=2.0)
-        for fut in done:
-            outcome = fut.result()
-            if outcome is None:
-                exhausted = True
-                continue
-            outcomes.append(outcome)
-            if not exhausted:
-                pending.add(submit())
-        if not done or (pending and time.monotonic() - reported < PROGRESS_EVERY):
-            continue
-        reported = time.monotonic()
+    def on_poll(study: Any, last: bool) -> None:
+        # Each update is a request the server spends CPU on, next to the trials.
+        if not last and time.monotonic() - reported[0] < PROGRESS_EVERY:
+            return
+        reported[0] = time.monotonic()
         info = progress_info(study, cfg)
         if progress is not None:
             update_progress_artifact(
                 progress, 100.0 * min(1.0, info["finished"] / max(1, info["total"]))
             )
-        if done:
-            best = "-" if info["best"] is None else f"{info['best']:.5f}"
-            logger.info(
-                "trials finished %d/%d, best %s %s (pruned %d, failed %d)",
-                info["finished"],
-                info["total"],
-                cfg.metric,
-                best,
-                info["pruned"],
-                info["fail"],
-            )
-    return outcomes
+        best = "-" if info["best"] is None else f"{info['best']:.5f}"
+        logger.info(
+            "trials finished %d/%d, best %s %s (pruned %d, failed %d)",
+            info["finished"],
+            info["total"],
+            cfg.metric,
+            best,
+            info["pruned"],
+            info["fail"],
+        )
+
+    return drive_trials(session.ctx, PrefectLanes(runner, trials), workers + 1, on_poll=on_poll)
 
 
-def trials_markdown(
-    cfg: StudyConfig, table: list[dict[str, Any]], best: Any, result: dict[str, Any]
-) -> str:
+def trials_markdown(cfg: StudyConfig, result: StudyResult) -> str:
     """The study report: best trial, its parameters, registration, and every trial."""
+    table, best = result.trials, result.best
     param_cols = sorted({k for row in table for k in row if k.startswith("param.")})
     cols = ["number", "state", "value", "best_epoch", "duration_s", *param_cols]
 
@@ -198,14 +190,14 @@ def trials_markdown(
     rule = "|" + "---|" * len(cols)
     rows = ["| " + " | ".join(cell(r.get(c)) for c in cols) + " |" for r in table]
     params = "\n".join(f"| `{k}` | {cell(v)} |" for k, v in best.params.items())
-    verdict = "now **champion**" if result["promoted"] else "champion unchanged"
+    verdict = "now **champion**" if result.promoted else "champion unchanged"
     return (
-        f"# Study `{cfg.name}`\n\n"
+        f"# Study `{result.study_name}`\n\n"
         f"Best trial **#{best.number}** ({best.family}): {cfg.metric} = **{best.value:.5f}** "
         f"at epoch {best.best_epoch}.\n\n"
         f"| parameter | value |\n|---|---|\n{params}\n| epochs | {best.best_epoch} |\n\n"
-        f"Registered `{result['model_name']}` version {result['model_version']}: {verdict}. "
-        f"MLflow parent run `{result['parent_run_id']}` at {result['tracking_uri']}.\n\n"
+        f"Registered `{result.model_name}` version {result.model_version}: {verdict}. "
+        f"MLflow parent run `{result.parent_run_id}` at {redact_uri(result.tracking_uri)}.\n\n"
         f"## Trials\n\n{header}\n{rule}\n" + "\n".join(rows) + "\n"
     )
 
@@ -229,17 +221,17 @@ def study_flow(
     overrides: list[str] | None = None,
     task_runner: RunnerKind = "process",
     dask_address: str | None = None,
-) -> dict[str, Any]:
+) -> StudyResult:
     """Prepare the data, run the study's trials as task runs, retrain and register the best.
 
     `config` is a study YAML (None: the embedded quickstart); `n_trials`, `workers` and
     `timeout` override `study.*`; `overrides` are `key=value` like `mfstudy --set`;
-    `task_runner` is `process` (local) or `dask` with `dask_address` (a scheduler).
+    `task_runner` is `process` (local) or `dask` with `dask_address` (a scheduler). Returns
+    the :class:`~mfstudy.study.StudyResult` that `mfstudy study` prints.
     """
     logger = get_run_logger()
-    cfg = load_study_config(config, overrides or [], n_trials, workers, timeout)
+    cfg = load_config(config, overrides or [], n_trials=n_trials, workers=workers, timeout=timeout)
     check_study(cfg)  # config and tracking errors before any data is prepared
-    start = time.perf_counter()
     n_workers = cfg.study.workers
     runner = trial_runner(task_runner, n_workers, dask_address)
     trials = None
@@ -264,42 +256,23 @@ def study_flow(
                 # Kill the trial workers now rather than wait for their trials: each trial task
                 # run then marks its trial failed (Optuna and MLflow) and ends Cancelled.
                 trials.stop(_stop_reason(exc))
-            if isinstance(exc, TerminationSignal):
-                # Cancelled: the flow run is Cancelling, so no new task run may start.
-                interrupt_study(session)
-            else:
-                end_study_task(session, "interrupted")
+            # Not a task: a cancelled flow run is Cancelling, and no new task run may start.
+            interrupt_study(session)
             raise
-    try:
-        best, counts, table = summarize_task(session)
-        model = retrain_best_task(session, best)
-        similarities_task(session, model)
-        name, version, promoted = register_task(session, best, model)
-    except BaseException:
-        end_study_task(session, "failed")
-        raise
-    end_study_task(session, "complete")
-    result = {
-        "study": cfg.name,
-        "best_number": best.number,
-        "best_value": best.value,
-        "best_epoch": best.best_epoch,
-        "family": best.family,
-        "params": best.params,
-        "counts": counts,
-        "model_name": name,
-        "model_version": version,
-        "promoted": promoted,
-        "parent_run_id": session.parent_run_id,
-        "tracking_uri": redact_uri(session.uri),  # shown in the report: no password
-        "seconds": time.perf_counter() - start,
-    }
+    # The command's close sequence, each step a task run of its own.
+    result = close_study(session, CLOSE_STEPS)
     create_markdown_artifact(
-        trials_markdown(cfg, table, best, result),
+        trials_markdown(cfg, result),
         key=artifact_key("study", cfg.name),
         description=f"{cfg.name}: trials and best parameters",
     )
-    logger.info("study %s done in %.1fs: %s v%s", cfg.name, result["seconds"], name, version)
+    logger.info(
+        "study %s done in %.1fs: %s v%s",
+        cfg.name,
+        result.seconds,
+        result.model_name,
+        result.model_version,
+    )
     return result
 
 

@@ -693,12 +693,23 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def load_config(
-    path: str | os.PathLike[str] | None = None, overrides: list[str] | tuple[str, ...] = ()
+    path: str | os.PathLike[str] | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    n_trials: int | None = None,
+    workers: int | None = None,
+    timeout: float | None = None,
 ) -> StudyConfig:
     """Read and validate a study config; `None` gives the embedded default.
 
+    `overrides` are `key=value` strings (`mfstudy --set`); `n_trials`, `workers` and `timeout`
+    (the command's options, the flow's parameters) override `study.*` after them.
     Raises :class:`ConfigError` with one line naming the file and every offending key.
     """
+    overrides = list(overrides)
+    for key, value in (("n_trials", n_trials), ("workers", workers), ("timeout", timeout)):
+        if value is not None:
+            overrides.append(f"study.{key}={value}")
     origin = "<default config>"
     # The embedded default's search space, as if written in a file: `--set
     # search_space.wrmf.factors=8` then changes one parameter instead of replacing the space.

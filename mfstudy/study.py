@@ -12,7 +12,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +22,11 @@ import pandas as pd
 from mfstudy.config import DataSource, StudyConfig
 from mfstudy.errors import StudyError
 from mfstudy.models import DivergedError, Recommender, model_class
-from mfstudy.prepare import Prepared, prepare, read_prepared, write_prepared
+from mfstudy.prepare import Prepared, prepare, write_prepared
 from mfstudy.secrets import public_config, redact_uri
 from mfstudy.tuning import (
     BestTrial,
     TrialContext,
-    TrialOutcome,
     best_trial,
     build_model,
     check_sampler,
@@ -40,8 +39,7 @@ from mfstudy.tuning import (
     find_study,
     limit_threads,
     optuna_figures,
-    run_trial,
-    run_workers,
+    run_local,
     storage_spec,
     study_lock,
     threads_per_worker,
@@ -49,6 +47,7 @@ from mfstudy.tuning import (
 )
 
 __all__ = [
+    "CloseSteps",
     "MlflowTrialLogs",
     "StudyResult",
     "StudySession",
@@ -63,7 +62,6 @@ __all__ = [
     "interrupt_study",
     "log_model_version",
     "log_similarities",
-    "one_trial",
     "open_study",
     "register_best",
     "register_model",
@@ -126,6 +124,9 @@ class MlflowTrialLogs:
 
 @dataclass(frozen=True)
 class StudyResult:
+    """What a study ended with; `mfstudy study` prints it and the `mf-study` flow returns it.
+    `tracking_uri` is shown without its password."""
+
     best: BestTrial
     counts: dict[str, int]
     tracking_uri: str
@@ -137,6 +138,12 @@ class StudyResult:
     study_name: str
     """The Optuna study (and MLflow parent run) the trials are in: the config's name, or
     `<name>-<fingerprint>` when the data changed (see :func:`study_for_data`)."""
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    """The trials table (`mfstudy.tuning.trials_table`), one row per trial."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (for reports and flows)."""
+        return asdict(self)
 
 
 def holdout_fingerprint(prepared: Prepared) -> str:
@@ -677,34 +684,68 @@ def _end_after_error(session: StudySession, state: str) -> None:
         log.warning("%s", exc)
 
 
-def close_study(session: StudySession) -> StudyResult:
-    """Everything after the last trial: pick the best, log the study's artifacts, retrain the
-    best on the full data, register it and end the parent run (FAILED if any of it fails)."""
+def _retrain(session: StudySession, best: BestTrial) -> Recommender:
+    """The best trial's model fitted on the full data for its best epoch count."""
+    return retrain(best, session.prepared, session.cfg, session.threads)
+
+
+def _similarities(session: StudySession, model: Recommender) -> None:
+    """The item-to-item similarity table on the parent run."""
+    log_similarities(session.cfg, model, session.prepared, session.parent_run_id, session.uri)
+
+
+def _register(session: StudySession, best: BestTrial, model: Recommender) -> tuple[str, str, bool]:
+    """Register `model`; alias `champion` moves if it beats the champion on this holdout."""
+    return register_model(
+        session.cfg, best, model, session.prepared, session.parent_run_id, session.uri
+    )
+
+
+@dataclass(frozen=True)
+class CloseSteps:
+    """The steps of :func:`close_study` after the tracking check, in order.
+
+    Each takes the session first. The defaults run them here; an orchestrator passes its own
+    wrappers of the same functions (the Prefect flow: a task each, so every step is its own
+    task run with its own retries), and :func:`close_study` keeps the order and the
+    safeguards around them.
+    """
+
+    summarize: Callable[[StudySession], tuple[BestTrial, dict[str, int], list[dict]]] = (
+        summarize_study
+    )
+    retrain: Callable[[StudySession, BestTrial], Recommender] = _retrain
+    similarities: Callable[[StudySession, Recommender], None] = _similarities
+    register: Callable[[StudySession, BestTrial, Recommender], tuple[str, str, bool]] = _register
+    end: Callable[[StudySession, str], None] = end_study
+
+
+def close_study(session: StudySession, steps: CloseSteps | None = None) -> StudyResult:
+    """Everything after the last trial: check the tracking server is still there, pick the
+    best, log the study's artifacts, retrain the best on the full data, register it and end the
+    parent run (FAILED, with the original error kept, if any of it fails)."""
+    steps = steps or CloseSteps()
     try:
         _check_tracking(session)
-        best, n, _ = summarize_study(session)
-        name, version, promoted = register_best(
-            session.cfg,
-            best,
-            session.prepared,
-            session.parent_run_id,
-            session.uri,
-            session.threads,
-        )
+        best, n, table = steps.summarize(session)
+        model = steps.retrain(session, best)
+        steps.similarities(session, model)
+        name, version, promoted = steps.register(session, best, model)
     except BaseException:
         _end_after_error(session, "failed")
         raise
-    end_study(session, "complete")
+    steps.end(session, "complete")
     return StudyResult(
         best=best,
         counts=n,
-        tracking_uri=session.uri,
+        tracking_uri=redact_uri(session.uri),  # a report: persisted by Prefect, printed
         parent_run_id=session.parent_run_id,
         model_name=name,
         model_version=version,
         promoted=promoted,
         seconds=time.perf_counter() - session.started,
         study_name=session.cfg.name,
+        trials=table,
     )
 
 
@@ -716,59 +757,27 @@ def interrupt_study(session: StudySession) -> None:
 def run_study(
     cfg: StudyConfig,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
+    prepared: Prepared | None = None,
 ) -> StudyResult:
-    """Run the study `cfg` end to end on this machine; see the module docstring.
+    """Run the study `cfg` end to end on this machine, without any server.
 
-    The same three steps as the Prefect flow (`flows/study.py`): :func:`open_study`, the
-    trials (here `workers` local processes), :func:`close_study`.
+    The same steps as the Prefect flow (`flows/study.py`): :func:`open_study` (on `prepared`
+    when the caller prepared the data already), the trials (:func:`mfstudy.tuning.drive_trials`,
+    here on this machine's :class:`~mfstudy.tuning.LocalLanes`), :func:`close_study`.
     """
-    session = open_study(cfg)
+    session = open_study(cfg, prepared)
     cfg = session.cfg  # the study for this data (its name may carry the data's fingerprint)
 
-    def poll(s: Any) -> None:
+    def poll(study: Any, last: bool) -> None:
         if on_progress is not None:
-            on_progress(progress_info(s, cfg))
+            on_progress(progress_info(study, cfg))
 
     try:
-        run_workers(session.ctx, cfg.study.workers, on_poll=poll)
+        run_local(session.ctx, cfg.study.workers, on_poll=poll)
     except BaseException:
         interrupt_study(session)
         raise
     return close_study(session)
-
-
-# ----------------------------------------------------------------------------- one trial
-
-
-_PREPARED_CACHE: dict[tuple[str, int], Prepared] = {}
-
-
-def one_trial(ctx: TrialContext) -> TrialOutcome | None:
-    """Reserve one trial of the study (under the budget lock) and run it; None when the budget
-    is used up or the deadline passed.
-
-    This is the unit a Prefect task runs, so each trial is one task run. Threads are capped
-    per call; the prepared data is read once per process (keyed by its stats.json mtime).
-    """
-    from mfstudy.tuning import load_study, quiet, reserve_trial
-
-    quiet()
-    with study_lock(ctx.config, shared=True):  # not while another process rewrites it
-        stamp = (ctx.prepared_dir / "stats.json").stat().st_mtime_ns
-        key = (str(ctx.prepared_dir), stamp)
-        prepared = _PREPARED_CACHE.get(key)
-        if prepared is None:
-            _PREPARED_CACHE.clear()
-            prepared = _PREPARED_CACHE[key] = read_prepared(ctx.prepared_dir)
-    study = load_study(ctx)
-    trial = reserve_trial(study, ctx)
-    if trial is None:
-        return None
-    handle = limit_threads(ctx.threads)
-    try:
-        return run_trial(trial, study, prepared, ctx)
-    finally:
-        del handle
 
 
 def warm_up(cfg: StudyConfig) -> float:

@@ -27,7 +27,6 @@ from mfstudy.study import (
     StudySession,
     end_study,
     log_similarities,
-    one_trial,
     open_study,
     register_model,
     retrain,
@@ -39,8 +38,9 @@ from mfstudy.tuning import (
     TrialContext,
     TrialExecutor,
     TrialOutcome,
+    TrialsStopped,
     WorkerDied,
-    fail_worker_trial,
+    run_one,
 )
 from tasks._retry import unless_user_error
 
@@ -111,29 +111,10 @@ def run_trial_task(
     Cancelled, its trial marked failed, without a traceback.
     """
     logger = get_run_logger()
-    if trials is None:
-        outcome = one_trial(ctx)
-    else:
-        for attempt in range(3):
-            try:
-                outcome, lines = trials.run(one_trial, ctx)
-                break
-            except WorkerDied as died:
-                # Its trial (if it had reserved one) is failed in Optuna and MLflow and re-run
-                # by the budget; a fresh process has taken the dead one's place.
-                trial = fail_worker_trial(ctx, died.token, died.reason)
-                held = "no trial" if trial is None else f"trial {trial.number} marked failed"
-                logger.warning("%s: %s", died.reason, held)
-                if died.stopped is not None:  # the flow run is being cancelled (or failed)
-                    return Cancelled(message=f"{died.reason}: {held}")  # type: ignore[return-value]
-                if trial is not None:
-                    return TrialOutcome(
-                        trial.number, "failed", None, None, dict(trial.params), died.reason
-                    )
-                if attempt == 2:  # workers dying before they even reserve a trial
-                    raise
-        for level, _name, message in lines:  # said in a worker process, shown with this run
-            logger.log(level, "%s", message)
+    try:
+        outcome = run_one(ctx, trials, logger)
+    except TrialsStopped as stopped:  # the flow run is being cancelled (or failed)
+        return Cancelled(message=str(stopped))  # type: ignore[return-value]
     if outcome is None:
         logger.info("budget of %d trials reached: nothing to run", ctx.n_trials)
     else:
@@ -219,24 +200,7 @@ def retrain_champion_task(cfg: StudyConfig, prepared: Prepared) -> RetrainResult
     register it (None: no champion; decision "unchanged": nothing registered). A failed data
     gate raises `RetrainGateError` (one line) and is not retried."""
     result = retrain_champion(cfg, prepared)
-    logger = get_run_logger()
     if result is None:
-        logger.info("no champion registered for %s yet", cfg.study.register_as or cfg.name)
-    elif result.decision == "unchanged":
-        logger.info(
-            "%s: unchanged: champion v%s kept, nothing registered",
-            result.model_name,
-            result.champion_version,
-        )
-    else:
-        logger.info(
-            "%s: new v%s %s=%.6g vs champion v%s re-scored %.6g -> %s",
-            result.model_name,
-            result.new_version,
-            result.metric,
-            result.candidate_score,
-            result.champion_version,
-            result.champion_score,
-            result.decision,
-        )
+        name = cfg.study.register_as or cfg.name
+        get_run_logger().info("no champion registered for %s yet", name)
     return result

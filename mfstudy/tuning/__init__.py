@@ -6,6 +6,15 @@ trial at a time.
 """
 
 from mfstudy.tuning._checks import check_tuning
+from mfstudy.tuning._driver import (
+    LocalLanes,
+    TrialLanes,
+    TrialsStopped,
+    drive_trials,
+    one_trial,
+    run_local,
+    run_one,
+)
 from mfstudy.tuning._executors import (
     InProcessTrials,
     LogLine,
@@ -27,7 +36,6 @@ from mfstudy.tuning._study import (
     fail_worker_trial,
     find_study,
     quiet,
-    run_workers,
     threads_per_worker,
     trials_table,
 )
@@ -42,18 +50,20 @@ from mfstudy.tuning._worker import (
     reserve_trial,
     run_trial,
     study_lock,
-    worker_loop,
 )
 
 __all__ = [
     "BestTrial",
     "InProcessTrials",
+    "LocalLanes",
     "LogLine",
     "TrialContext",
     "TrialExecutor",
+    "TrialLanes",
     "TrialLog",
     "TrialOutcome",
     "TrialProcesses",
+    "TrialsStopped",
     "WorkerDied",
     "best_trial",
     "build_model",
@@ -63,6 +73,7 @@ __all__ = [
     "constructor_params",
     "counts",
     "create_study",
+    "drive_trials",
     "fail_stale_trials",
     "fail_worker_trial",
     "file_lock",
@@ -75,15 +86,16 @@ __all__ = [
     "make_pruner",
     "make_sampler",
     "make_storage",
+    "one_trial",
     "optuna_figures",
     "quiet",
     "reserve_trial",
+    "run_local",
+    "run_one",
     "run_trial",
-    "run_workers",
     "storage_spec",
     "study_lock",
     "suggest",
     "threads_per_worker",
     "trials_table",
-    "worker_loop",
 ]

@@ -10,7 +10,7 @@ pool process for each one, costs a noticeable share of a seconds-long trial. So 
   study. Each caps its threads and pays its one-time costs (imports, numba's cache, a tiny fit)
   once, when it starts, while the caller goes on preparing data. A worker that dies (`kill -9`,
   the OOM killer) is replaced, and only its own call fails (:class:`WorkerDied`): `mfstudy
-  study --workers N` runs its worker loops on them too.
+  study --workers N` runs its trials on them too (`_driver.LocalLanes`).
 
 Both have the same interface: :meth:`run` calls `fn(*args)` on a free worker and returns its
 result with the log lines the `mfstudy` loggers wrote meanwhile (a spawned process has no
@@ -82,7 +82,7 @@ class InProcessTrials:
     """One worker: calls run in the caller's process, one at a time (a lock queues the rest).
 
     Log lines go straight to the `mfstudy` loggers, so :meth:`run` returns none; threads are
-    capped by each trial itself (`one_trial`), as in `mfstudy study`.
+    capped by each trial itself (`one_trial`).
     """
 
     def __init__(self, warm_up: Callable[[], Any] | None = None) -> None:
@@ -128,15 +128,14 @@ class _Collect(logging.Handler):
         _lines.append((record.levelno, record.name, record.getMessage()))
 
 
-def _start_worker(threads: int, warm_up: Callable[[], Any] | None, capture: bool = True) -> None:
+def _start_worker(threads: int, warm_up: Callable[[], Any] | None) -> None:
     """A worker's start-up: thread caps, log capture, then the one-time costs."""
     global _started_seconds, _limits
     start = time.perf_counter()
-    if capture:
-        logger = logging.getLogger("mfstudy")
-        logger.setLevel(logging.INFO)
-        logger.addHandler(_Collect())
-        logger.propagate = False  # the caller re-emits them; no second copy on stderr
+    logger = logging.getLogger("mfstudy")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(_Collect())
+    logger.propagate = False  # the caller re-emits them; no second copy on stderr
     _limits = limit_threads(threads)
     if warm_up is not None:
         warm_up()
@@ -195,18 +194,17 @@ class _RemoteTraceback(Exception):
         return str(self.args[0])
 
 
-def _serve(conn: Connection, threads: int, warm_up: Callable[[], Any] | None, own: bool) -> None:
+def _serve(conn: Connection, threads: int, warm_up: Callable[[], Any] | None) -> None:
     """A worker process's main: start up, then run calls from `conn` until told to stop.
 
-    With `own` the process leaves SIGINT and SIGTERM to its parent: a Prefect cancellation
-    signals the flow run's whole process group, and the flow's process must fail the running
-    trials and stop its workers itself, not find them already dead and take them for crashes.
+    The process leaves SIGINT and SIGTERM to its parent: Ctrl-C in a terminal and a Prefect
+    cancellation signal the whole process group, and the parent must fail the running trials
+    and stop its workers itself, not find them already dead and take them for crashes.
     """
-    if own:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
-        _start_worker(threads, warm_up, capture=own)
+        _start_worker(threads, warm_up)
     except BaseException as exc:
         _send(conn, ("failed", exc))
         return
@@ -270,11 +268,9 @@ class TrialProcesses:
     was running, with :class:`WorkerDied`, and a fresh process takes its place at once; the
     others go on (a `concurrent.futures` process pool breaks as a whole when one child dies).
 
-    `owned=True` (the Prefect flow's trial workers) makes the workers ignore SIGINT and SIGTERM
-    and capture their `mfstudy` log lines for the caller; the caller stops them
-    (:meth:`stop`, or leaving the `with` block on an exception), which fails the calls still
-    running with :class:`WorkerDied` (`stopped` set). `owned=False` (`mfstudy study`'s
-    workers) leaves signals and logging as in any child process.
+    The workers ignore SIGINT and SIGTERM and capture their `mfstudy` log lines for the
+    caller; the caller stops them (:meth:`stop`, or leaving the `with` block on an exception),
+    which fails the calls still running with :class:`WorkerDied` (`stopped` set).
     """
 
     def __init__(
@@ -282,15 +278,12 @@ class TrialProcesses:
         workers: int,
         threads: int,
         warm_up: Callable[[], Any] | None = None,
-        *,
-        owned: bool = True,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.workers = workers
         self.threads = threads
         self._warm_up = warm_up
-        self._owned = owned
         self._slots: list[_Slot] = []
         self._free: list[int] = []
         self._cond = threading.Condition()
@@ -349,7 +342,7 @@ class TrialProcesses:
         ours, theirs = mp.Pipe()
         process = mp.Process(
             target=_serve,
-            args=(theirs, self.threads, self._warm_up, self._owned),
+            args=(theirs, self.threads, self._warm_up),
             name="mfstudy-trial-worker",
             daemon=True,  # never outlives this process's normal exit
         )

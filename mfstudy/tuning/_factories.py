@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 import optuna
+from optuna.distributions import BaseDistribution
 from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+from optuna.trial import FrozenTrial, TrialState
 
 from mfstudy.config import PrunerConfig, SamplerConfig, StudyConfig
 from mfstudy.secrets import resolve_env
@@ -18,10 +21,12 @@ from mfstudy.tuning._space import grid_space
 __all__ = [
     "BudgetGridSampler",
     "JournalFlock",
+    "PerTrialSeedSampler",
     "make_pruner",
     "make_sampler",
     "make_storage",
     "storage_spec",
+    "trial_seed",
 ]
 
 
@@ -102,32 +107,93 @@ class BudgetGridSampler(optuna.samplers.GridSampler):
         return None
 
 
-def make_sampler(
-    cfg: SamplerConfig, cfg_all: StudyConfig, worker: int
-) -> optuna.samplers.BaseSampler:
-    """The configured sampler, seeded from the study seed.
+def trial_seed(base: int, number: int) -> int:
+    """The sampler seed of trial `number` in a study seeded `base`."""
+    # NumPy's RandomState (behind Optuna's samplers) takes seeds below 2**32: wrap, so every
+    # study seed the config accepts works.
+    return (base * 1009 + number) % 2**32
 
-    Each worker gets its own seed: with one shared seed, parallel workers would propose the
-    same startup trials.
+
+class PerTrialSeedSampler(optuna.samplers.BaseSampler):
+    """A sampler built afresh for each trial, seeded from the study seed and the trial number.
+
+    Why: a trial's proposal must not depend on which process asks for it, or how many trials
+    that process asked for before. A sampler seeded once per worker (and advanced by every
+    trial it proposed) made the proposals depend on how trials were spread over workers, so
+    `mfstudy study` and the Prefect flow proposed different trials for one config. Seeded by
+    the trial number, a trial's proposal depends only on the seed, its number and the trials
+    the study holds when it is asked: one worker gives the same study on every path. The
+    wrapped samplers (random, TPE) keep no other state between trials; TPE reads everything
+    else from the study's trials.
+    """
+
+    def __init__(self, build: Callable[[int], optuna.samplers.BaseSampler], seed: int) -> None:
+        self._build = build
+        self._seed = seed
+        self._inner = build(trial_seed(seed, 0))
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._inner = self._build(trial_seed(self._seed, trial.number))
+        self._inner.before_trial(study, trial)
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        return self._inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return self._inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        return self._inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        self._inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._inner.reseed_rng()
+
+
+def make_sampler(cfg: SamplerConfig, cfg_all: StudyConfig) -> optuna.samplers.BaseSampler:
+    """The configured sampler, seeded from the study seed (`sampler.seed`, else `seed`).
+
+    Random and TPE proposals are seeded per trial (:class:`PerTrialSeedSampler`), so parallel
+    trials never share a random stream and a trial's proposal does not depend on the process
+    that asks for it.
     """
     base = cfg.seed if cfg.seed is not None else cfg_all.seed
-    # NumPy's RandomState (behind Optuna's samplers) takes seeds below 2**32: wrap, so every
-    # study seed the config accepts works, and seeds below 4.2 million keep their streams.
-    seed = (base * 1009 + worker) % 2**32
     if cfg.kind == "grid":
-        # Not per worker: GridSampler gives trial n the n-th point of its seed-shuffled grid, so
-        # every worker must shuffle alike, or two trials land on one point and another point is
-        # never tried.
-        return BudgetGridSampler(grid_space(cfg_all.search_space), seed=base)
+        # Not per trial: GridSampler gives trial n the n-th point of its seed-shuffled grid, so
+        # every instance must shuffle alike, or two trials land on one point and another point
+        # is never tried. That already makes trial n's point independent of who asks.
+        return BudgetGridSampler(grid_space(cfg_all.search_space), seed=base % 2**32)
     if cfg.kind == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(
-        seed=seed,
-        multivariate=cfg.multivariate,
-        group=cfg.multivariate and len(cfg_all.search_space) > 1,
-        n_startup_trials=cfg.n_startup_trials,
-        constant_liar=cfg.constant_liar,
-    )
+        return PerTrialSeedSampler(lambda s: optuna.samplers.RandomSampler(seed=s), base)
+
+    def tpe(seed: int) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.TPESampler(
+            seed=seed,
+            multivariate=cfg.multivariate,
+            group=cfg.multivariate and len(cfg_all.search_space) > 1,
+            n_startup_trials=cfg.n_startup_trials,
+            constant_liar=cfg.constant_liar,
+        )
+
+    return PerTrialSeedSampler(tpe, base)
 
 
 def make_pruner(cfg: PrunerConfig) -> optuna.pruners.BasePruner:

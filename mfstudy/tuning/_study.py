@@ -1,13 +1,10 @@
-"""Creating or resuming a study, running its workers in parallel, and reading results back."""
+"""Creating or resuming a study, failing the trials of dead workers, and reading results back."""
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
-import threading
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -23,11 +20,9 @@ from mfstudy.tuning._worker import (
     WORKER_ATTR,
     FailsCrashedTrials,
     TrialContext,
-    TrialOutcome,
     finished_count,
     reservation_lock,
     token_alive,
-    worker_loop,
 )
 
 log = logging.getLogger("mfstudy.tuning")
@@ -41,7 +36,6 @@ __all__ = [
     "fail_stale_trials",
     "fail_worker_trial",
     "find_study",
-    "run_workers",
     "threads_per_worker",
     "trials_table",
 ]
@@ -66,7 +60,7 @@ def create_study(cfg: StudyConfig) -> tuple[optuna.Study, str]:
     study = optuna.create_study(
         study_name=cfg.name,
         storage=make_storage(spec),
-        sampler=make_sampler(cfg.study.sampler, cfg, worker=0),
+        sampler=make_sampler(cfg.study.sampler, cfg),
         pruner=make_pruner(cfg.study.pruner),
         direction=cfg.direction,
         load_if_exists=True,
@@ -152,79 +146,6 @@ def fail_worker_trial(ctx: TrialContext, token: str, reason: str) -> FrozenTrial
         if t.user_attrs.get(WORKER_ATTR) == token and CRASHED_ATTR in t.user_attrs:
             return t
     return None
-
-
-def run_workers(
-    ctx: TrialContext,
-    workers: int,
-    on_poll: Callable[[optuna.Study], None] | None = None,
-    poll_seconds: float = 1.0,
-) -> list[TrialOutcome]:
-    """Run `workers` worker loops (separate processes when more than one) until the study has
-    `ctx.n_trials` finished trials; `on_poll(study)` is called about every `poll_seconds`.
-
-    A worker process that dies (`kill -9`, the OOM killer) costs its trial only: the trial is
-    marked failed, in Optuna and tracking (:func:`fail_worker_trial`), a fresh process takes
-    over its loop, and the other workers go on. The outcomes returned are those of the loops
-    that ended normally.
-    """
-    from mfstudy.tuning._executors import TrialProcesses, WorkerDied
-
-    if on_poll is not None:
-        on_poll(_poll_study(ctx))
-    if workers == 1:
-        # In-process: no start-up cost, and a debugger sees the trial.
-        return worker_loop(ctx, after_trial=on_poll)
-    study = _poll_study(ctx)
-    outcomes: list[TrialOutcome] = []
-    errors: list[BaseException] = []
-    changed = threading.Event()
-    # A replacement loop gets a sampler seed of its own: the dead loop's would propose its
-    # first points again.
-    seeds = itertools.count(workers)
-    lock = threading.Lock()
-
-    def loop(procs: TrialProcesses, worker: int) -> None:
-        wctx = replace(ctx, worker=worker)
-        try:
-            while True:
-                try:
-                    done, _ = procs.run(worker_loop, wctx)
-                except WorkerDied as died:
-                    if died.stopped is not None:
-                        return
-                    trial = fail_worker_trial(ctx, died.token, died.reason)
-                    held = "" if trial is None else f"trial {trial.number} marked failed, "
-                    log.warning("%s: %sa new worker takes over", died.reason, held)
-                    with lock:
-                        wctx = replace(ctx, worker=next(seeds))
-                    continue
-                with lock:
-                    outcomes.extend(done)
-                return
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            changed.set()
-
-    # Processes of our own (not a process pool, which breaks as a whole when one child dies);
-    # spawned, not forked: forking a process that already runs BLAS/OpenMP/numba threads can
-    # deadlock the child. Each loop caps its own threads.
-    with TrialProcesses(workers, ctx.threads, owned=False) as procs:
-        threads = [
-            threading.Thread(target=loop, args=(procs, i), name=f"worker-{i}", daemon=True)
-            for i in range(workers)
-        ]
-        for t in threads:
-            t.start()
-        while any(t.is_alive() for t in threads) and not errors:
-            changed.wait(poll_seconds)
-            changed.clear()
-            if on_poll is not None:
-                on_poll(study)
-        if errors:
-            raise errors[0]
-    return outcomes
 
 
 def _poll_study(ctx: TrialContext) -> optuna.Study:

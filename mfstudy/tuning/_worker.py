@@ -1,7 +1,8 @@
-"""One trial, and the loop a worker process runs: reserve a trial, train, report, tell.
+"""One trial: reserve it under the budget lock, train, report every evaluated epoch, tell.
 
-Everything a worker needs travels in a picklable :class:`TrialContext`, so the same code runs
-in a local process pool, a Prefect task or a Dask worker.
+Everything a trial needs travels in a picklable :class:`TrialContext`, so the same code runs
+in this process, a local trial process or a Dask worker (`_driver.py` decides which trials
+run; this module runs one).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from mfstudy._fs import file_lock
 from mfstudy.config import StudyConfig
 from mfstudy.evaluation import evaluate_model
 from mfstudy.models import DivergedError, Recommender, model_class
-from mfstudy.prepare import Prepared, read_prepared
+from mfstudy.prepare import Prepared
 from mfstudy.secrets import resolve_env
 from mfstudy.tuning._factories import is_url, make_pruner, make_sampler, make_storage
 from mfstudy.tuning._space import suggest
@@ -40,7 +41,6 @@ __all__ = [
     "reservation_lock",
     "run_trial",
     "study_lock",
-    "worker_loop",
 ]
 
 log = logging.getLogger("mfstudy.tuning")
@@ -91,7 +91,6 @@ class TrialContext:
     n_trials: int
     threads: int = 1
     tracker: TrialLogFactory | None = None
-    worker: int = 0
     deadline: float | None = None  # time.time() after which no new trial starts
 
 
@@ -113,7 +112,7 @@ def load_study(ctx: TrialContext) -> optuna.Study:
     return optuna.load_study(
         study_name=ctx.study_name,
         storage=make_storage(ctx.storage),
-        sampler=make_sampler(cfg.study.sampler, cfg, ctx.worker),
+        sampler=make_sampler(cfg.study.sampler, cfg),
         pruner=make_pruner(cfg.study.pruner),
     )
 
@@ -326,24 +325,3 @@ def limit_threads(threads: int) -> Any:
     except ImportError:  # pragma: no cover - numba is a dependency
         pass
     return handle
-
-
-def worker_loop(
-    ctx: TrialContext, after_trial: Callable[[optuna.Study], None] | None = None
-) -> list[TrialOutcome]:
-    """Run trials until the study has `n_trials` finished (or the deadline passes);
-    `after_trial(study)` is called after each one."""
-    handle = limit_threads(ctx.threads)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with study_lock(ctx.config, shared=True):
-        prepared = read_prepared(ctx.prepared_dir)
-    study = load_study(ctx)
-    outcomes = []
-    try:
-        while (trial := reserve_trial(study, ctx)) is not None:
-            outcomes.append(run_trial(trial, study, prepared, ctx))
-            if after_trial is not None:
-                after_trial(study)
-    finally:
-        del handle
-    return outcomes

@@ -75,4 +75,4 @@ def test_dask_cluster_runs_the_trials_of_one_study(
     nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(nested) == N_TRIALS
     assert {int(r.data.tags["mfstudy.trial_number"]) for r in nested} == {t.number for t in trials}
-    assert result["model_version"] == "1" and result["promoted"]
+    assert result.model_version == "1" and result.promoted

@@ -67,16 +67,16 @@ def test_flow_runs_grown_data_in_the_new_study_and_resumes_it(
     pd.DataFrame(frame).to_csv(csv, index=False)
     new = f"flow-grow-{data_fingerprint(prepare(load_config(None, overrides)))[:8]}"
     result = study_flow(n_trials=2, workers=1, overrides=overrides)
-    assert result["study"] == new and result["model_name"] == "flow-grow"
+    assert result.study_name == new and result.model_name == "flow-grow"
     trials = journal_study(journal, new).get_trials()
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
-    assert result["best_value"] == max(t.value for t in trials)
+    assert result.best.value == max(t.value for t in trials)
     assert [(t.number, t.value) for t in journal_study(journal, "flow-grow").get_trials()] == before
-    version = MlflowClient(tracking_uri).get_model_version("flow-grow", result["model_version"])
-    assert version.run_id == result["parent_run_id"]
+    version = MlflowClient(tracking_uri).get_model_version("flow-grow", result.model_version)
+    assert version.run_id == result.parent_run_id
     assert f"# Study `{new}`" in _markdown(f"study-{new}")
 
     again = study_flow(n_trials=2, workers=1, overrides=overrides)
-    assert again["study"] == new and again["parent_run_id"] == result["parent_run_id"]
+    assert again.study_name == new and again.parent_run_id == result.parent_run_id
     assert len(journal_study(journal, new).get_trials()) == 2
     assert set(optuna.get_all_study_names(make_storage(str(journal)))) == {"flow-grow", new}

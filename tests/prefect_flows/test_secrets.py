@@ -88,7 +88,7 @@ def test_no_planted_secret_in_anything_the_study_or_the_flow_writes(
 
     flow_config = _config(tmp_path, mlflow_server, literal, "secret-flow")
     result = study_flow(config=str(flow_config))
-    assert result["model_version"] == "1"
+    assert result.model_version == "1"
     for s in secrets:
         assert s.decode() not in repr(result)
 

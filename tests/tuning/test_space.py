@@ -94,7 +94,7 @@ def test_grid_workers_with_their_own_samplers_cover_every_point_once() -> None:
         trial = study.ask()
         assert trial.number == number
         # Samplers are per worker, so the study's own sampler must not be the one asked.
-        sampler = make_sampler(cfg.study.sampler, cfg, worker=number % 7)
+        sampler = make_sampler(cfg.study.sampler, cfg)
         frozen = study._storage.get_trial(trial._trial_id)
         sampler.before_trial(study, frozen)
         grid_id = study._storage.get_trial_system_attrs(trial._trial_id)["grid_id"]

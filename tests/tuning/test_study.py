@@ -15,7 +15,7 @@ from mfstudy.tuning import (
     best_trial,
     create_study,
     fail_stale_trials,
-    run_workers,
+    run_local,
     trials_table,
 )
 
@@ -45,7 +45,7 @@ def _setup(tmp_path: Path, extra: list[str] = ()) -> tuple[StudyConfig, TrialCon
 
 def test_parallel_workers_finish_exactly_the_budget_and_resume(tmp_path: Path) -> None:
     cfg, ctx = _setup(tmp_path, ["study.n_trials=5"])
-    outcomes = run_workers(ctx, workers=2)
+    outcomes = run_local(ctx, workers=2)
     assert len(outcomes) == 5
     assert {o.state for o in outcomes} == {"complete"}
     study, _ = create_study(cfg)
@@ -58,7 +58,7 @@ def test_parallel_workers_finish_exactly_the_budget_and_resume(tmp_path: Path) -
         assert t.value == max(t.intermediate_values.values())
         assert t.intermediate_values[best_epoch] == t.value
     # Re-running resumes: three more trials to reach a budget of eight, none repeated.
-    more = run_workers(replace(ctx, n_trials=8), workers=2)
+    more = run_local(replace(ctx, n_trials=8), workers=2)
     assert len(more) == 3
     assert len(study.get_trials()) == 8
     best = best_trial(study, cfg)
@@ -82,7 +82,7 @@ def test_crashed_trials_are_failed_on_resume(tmp_path: Path) -> None:
     # The crashed trial does not use up the budget: two results still get made, besides the
     # orphan that may still be running elsewhere.
     study.tell(orphan.number, state=TrialState.FAIL)  # that host is gone after all
-    outcomes = run_workers(ctx, workers=1)
+    outcomes = run_local(ctx, workers=1)
     assert len(outcomes) == 1  # the orphan's own failure counts; the crashed one does not
 
 
@@ -107,7 +107,7 @@ def test_rdb_url_storage_works_the_same(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     cfg, ctx = _setup(tmp_path, ["study.n_trials=3", f"study.storage={url}"])
     assert ctx.storage == url
-    outcomes = run_workers(ctx, workers=2)
+    outcomes = run_local(ctx, workers=2)
     assert len(outcomes) == 3
     study, _ = create_study(cfg)
     assert len(study.get_trials()) == 3
