@@ -2,10 +2,10 @@
 
 What is compared and why the champion is re-fitted rather than scored as is: see
 `mfstudy/retrain.py`. The data tasks are the study's cached ones, keyed by the input files'
-checksum, so grown data is re-prepared and unchanged data is not. With no champion yet, the
-flow runs the study flow (as a subflow) with `retrain.fallback_trials` trials instead.
-Everything else (the data gate, the unchanged check, the intervals) is in
-`mfstudy.retrain.retrain_champion`.
+checksum, so grown data is re-prepared and unchanged data is not. The nightly logic itself is
+`mfstudy.nightly.nightly`, the same as `mfstudy retrain CONFIG`; here the retraining is a task
+run and the fallback study (no champion yet, `retrain.fallback_trials` trials) a subflow.
+The data gate, the unchanged check and the intervals are in `mfstudy.retrain`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,12 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Failed, State
 
-from flows.study import RunnerKind, artifact_key, load_study_config, prepare_data, study_flow
+from flows.study import RunnerKind, artifact_key, prepare_data, study_flow
+from mfstudy.config import StudyConfig, load_config
 from mfstudy.errors import RetrainGateError
+from mfstudy.nightly import nightly
+from mfstudy.prepare import Prepared
+from mfstudy.study import StudyResult
 from tasks import retrain_champion_task
 
 __all__ = ["retrain_flow"]
@@ -40,11 +44,23 @@ def retrain_flow(
     `task_runner`/`dask_address` are used only by the fallback study (no champion yet).
     """
     logger = get_run_logger()
-    cfg = load_study_config(config, overrides or [])
+    cfg = load_config(config, overrides or [])
     prepared = prepare_data(cfg)
     key = artifact_key("retrain", cfg.name)
+
+    def study(fallback: StudyConfig, _prepared: Prepared) -> StudyResult:
+        # A subflow, so the fallback study shows as the study flow it is; its data tasks hit
+        # the cache this flow's filled.
+        return study_flow(
+            config=config,
+            n_trials=fallback.study.n_trials,
+            overrides=overrides,
+            task_runner=task_runner,
+            dask_address=dask_address,
+        )
+
     try:
-        result = retrain_champion_task(cfg, prepared)
+        result = nightly(cfg, prepared, retrain=retrain_champion_task, study=study)
     except RetrainGateError as exc:
         # The champion is kept and nothing registered: the run fails with the gate's one line
         # as its message (not Prefect's "encountered an exception" wrapper), the artifact
@@ -54,25 +70,7 @@ def retrain_flow(
         )
         logger.error("%s", exc)
         return Failed(message=str(exc), data=exc)
-    if result is None:
-        n = cfg.retrain.fallback_trials
-        logger.info("no champion yet: running a study of %d trials instead", n)
-        summary = study_flow(
-            config=config,
-            n_trials=n,
-            overrides=overrides,
-            task_runner=task_runner,
-            dask_address=dask_address,
-        )
-        create_markdown_artifact(
-            f"# Nightly retraining of `{cfg.study.register_as or cfg.name}`\n\n"
-            f"No champion was registered: ran a study of {n} trials instead. Registered "
-            f"version {summary['model_version']}"
-            f"{' (now champion)' if summary['promoted'] else ''}.\n",
-            key=key,
-            description=f"{cfg.name}: nightly retraining (fallback study)",
-        )
-        return {"decision": "study", **summary}
+    logger.info("%s", result.summary())
     create_markdown_artifact(
         result.markdown(), key=key, description=f"{cfg.name}: nightly retraining decision"
     )

@@ -10,8 +10,8 @@ import functools
 import os
 import sys
 import time
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -115,19 +115,22 @@ def study(
     set_: SetOpt = None,
 ) -> None:
     """Prepare the data, run the Optuna study in parallel, retrain the best and register it."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from mfstudy.config import load_config
     from mfstudy.study import run_study
     from mfstudy.tuning import quiet
 
     quiet()
+    cfg = load_config(config, set_ or [], n_trials=n_trials, workers=workers, timeout=timeout)
+    with _progress_bar(cfg.metric) as on_progress:
+        result = run_study(cfg, on_progress=on_progress)
+    _print_result(cfg, result)
 
-    overrides = list(set_ or [])
-    for key, value in (("n_trials", n_trials), ("workers", workers), ("timeout", timeout)):
-        if value is not None:
-            overrides.append(f"study.{key}={value}")
-    cfg = load_config(config, overrides)
+
+@contextmanager
+def _progress_bar(metric: str) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """A trials progress bar, fed by the study's progress callback (`run_study`)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -147,11 +150,38 @@ def study(
                 bars.append((bar, bar.add_task(desc, total=p["total"], info="")))
             bar, task = bars[0]
             best = "-" if p["best"] is None else f"{p['best']:.4f}"
-            info = f"best {cfg.metric} {best} | pruned {p['pruned']} | failed {p['fail']}"
+            info = f"best {metric} {best} | pruned {p['pruned']} | failed {p['fail']}"
             bar.update(task, completed=p["finished"], info=info)
 
-        result = run_study(cfg, on_progress=on_progress)
-    _print_result(cfg, result)
+        yield on_progress
+
+
+@app.command()
+@_user_errors
+def retrain(config: ConfigArg = None, set_: SetOpt = None) -> None:
+    """The nightly retraining, without a server: refit the champion's recipe on today's data,
+    gate it and register it; with no champion yet, run a short study instead
+    (`retrain.fallback_trials`). A failed data gate exits 2 with one line, nothing registered.
+    """
+    from mfstudy.config import load_config
+    from mfstudy.nightly import nightly
+    from mfstudy.study import run_study
+    from mfstudy.tuning import quiet
+
+    quiet()
+    cfg = load_config(config, set_ or [])
+    with _progress_bar(cfg.metric) as on_progress:
+        result = nightly(
+            cfg, study=lambda c, prepared: run_study(c, on_progress=on_progress, prepared=prepared)
+        )
+    console.print(result.summary(), soft_wrap=True)
+    if result.study is not None:
+        _print_result(cfg, result.study)  # ends with the registered version's URI
+        return
+    r = result.retrain
+    assert r is not None  # no study: a retraining result
+    version = r.new_version if r.promoted else r.champion_version
+    typer.echo(f"models:/{result.model_name}/{version}")  # the champion after this night
 
 
 def _print_result(cfg: Any, result: Any) -> None:

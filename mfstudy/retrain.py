@@ -486,8 +486,7 @@ class _RetrainRun:
             self.report(run_id, report)
         finally:
             tracking.finish_study(self.uri, run_id, "failed")
-        log.error("%s", line)
-        raise RetrainGateError(line, report=report)
+        raise RetrainGateError(line, report=report)  # said once, by whoever catches it
 
     def _result(
         self,
