@@ -1,8 +1,11 @@
 """The study flow: prepare (cached), trials as task runs, then retrain, register, report.
 
 The same steps as `mfstudy study` (`mfstudy.study.run_study`), which runs them without any
-server; here each is a Prefect task, every trial is its own task run, a progress artifact
-follows the budget, and a Markdown artifact holds the trials table and the best parameters.
+server, through the same functions: `open_study`, the trial driver
+(`mfstudy.tuning.drive_trials`, which decides which trials run; here on :class:`PrefectLanes`,
+a task run per trial) and `close_study` (each step a task run). What the flow adds: cached
+data tasks, a progress artifact following the budget, and a Markdown artifact with the trials
+table and the best parameters.
 
 Where trials run (`task_runner`):
 - `process` (default), this machine: trial task runs are threads of the flow's process that
