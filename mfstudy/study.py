@@ -43,10 +43,10 @@ from mfstudy.tuning import (
     run_trial,
     run_workers,
     storage_spec,
-    study_lock,
     threads_per_worker,
     trials_table,
 )
+from mfstudy.workdir import prepared_dir, spool_dir, study_lock
 
 __all__ = [
     "MlflowTrialLogs",
@@ -521,7 +521,6 @@ def open_study(cfg: StudyConfig, prepared: Prepared | None = None) -> StudySessi
 
     start = time.perf_counter()
     uri = check_study(cfg)
-    root = cfg.workdir.resolve()
 
     if prepared is None:
         prepared = prepare(cfg)
@@ -531,7 +530,7 @@ def open_study(cfg: StudyConfig, prepared: Prepared | None = None) -> StudySessi
     # create a parent run, and both replay (so duplicate) the same spooled trial runs. The
     # config's lock also serialises choosing (and creating) the study for the data.
     with study_lock(cfg), ExitStack() as locks:
-        base_spool = root / cfg.name / "mlflow-spool"
+        base_spool = spool_dir(cfg)
         scfg, existing = study_for_data(cfg, fingerprint, uri)
         if scfg is not cfg:
             # Its workers hold its own lock (shared) while they read its prepared data.
@@ -542,8 +541,8 @@ def open_study(cfg: StudyConfig, prepared: Prepared | None = None) -> StudySessi
         if existing is None:
             _record(study, fingerprint, tracking.redact_uri(uri))
         cfg = scfg
-        spool = root / cfg.name / "mlflow-spool"
-        data_dir = write_prepared(prepared, root / cfg.name / "data")
+        spool = spool_dir(cfg)
+        data_dir = write_prepared(prepared, prepared_dir(cfg))
         parent = tracking.start_study(
             uri,
             cfg.tracking.experiment or cfg.name,

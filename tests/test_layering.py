@@ -28,6 +28,7 @@ CORE = [
     "mfstudy.models",
     "mfstudy.config",
     "mfstudy.prepare",
+    "mfstudy.workdir",
 ]
 
 

@@ -36,12 +36,10 @@ from mfstudy.tuning._worker import (
     TrialLog,
     TrialOutcome,
     build_model,
-    file_lock,
     limit_threads,
     load_study,
     reserve_trial,
     run_trial,
-    study_lock,
     worker_loop,
 )
 
@@ -65,7 +63,6 @@ __all__ = [
     "create_study",
     "fail_stale_trials",
     "fail_worker_trial",
-    "file_lock",
     "find_study",
     "grid_size",
     "grid_space",
@@ -81,7 +78,6 @@ __all__ = [
     "run_trial",
     "run_workers",
     "storage_spec",
-    "study_lock",
     "suggest",
     "threads_per_worker",
     "trials_table",

@@ -25,10 +25,10 @@ from mfstudy.tuning._worker import (
     TrialContext,
     TrialOutcome,
     finished_count,
-    reservation_lock,
     token_alive,
     worker_loop,
 )
+from mfstudy.workdir import reservation_lock
 
 log = logging.getLogger("mfstudy.tuning")
 

@@ -12,7 +12,6 @@ import os
 import socket
 import traceback
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -20,26 +19,22 @@ from typing import Any, Protocol, runtime_checkable
 import optuna
 from optuna.trial import TrialState
 
-from mfstudy._fs import file_lock
 from mfstudy.config import StudyConfig
 from mfstudy.evaluation import evaluate_model
 from mfstudy.models import DivergedError, Recommender, model_class
 from mfstudy.prepare import Prepared, read_prepared
-from mfstudy.secrets import resolve_env
-from mfstudy.tuning._factories import is_url, make_pruner, make_sampler, make_storage
+from mfstudy.tuning._factories import make_pruner, make_sampler, make_storage
 from mfstudy.tuning._space import suggest
+from mfstudy.workdir import reservation_lock, study_lock
 
 __all__ = [
     "TrialContext",
     "TrialLog",
     "TrialOutcome",
     "build_model",
-    "file_lock",
     "finished_count",
     "load_study",
-    "reservation_lock",
     "run_trial",
-    "study_lock",
     "worker_loop",
 ]
 
@@ -130,33 +125,6 @@ def finished_count(study: optuna.Study, running: bool = False) -> int:
         elif t.state == TrialState.FAIL and CRASHED_ATTR not in t.user_attrs:
             n += 1
     return n
-
-
-def study_lock(cfg: StudyConfig, shared: bool = False) -> AbstractContextManager[None]:
-    """The lock of a study's working folder, `<workdir>/<name>/study.lock`.
-
-    Held exclusively while a process opens the study (rewrites the prepared data, creates or
-    finds the parent run, fails crashed trials, replays the tracking spool) and while it
-    replays the spool or moves the champion alias at the end; held shared while a worker reads
-    the prepared data, so it never sees the folder being swapped. Studies started at the same
-    time on one machine would otherwise race: two parent runs, spooled runs sent twice.
-    """
-    return file_lock(cfg.workdir.resolve() / cfg.name / "study.lock", shared=shared)
-
-
-def reservation_lock(cfg: StudyConfig, storage: str) -> AbstractContextManager[None]:
-    """The lock under which a worker counts the trials and asks for a new one."""
-    # Counting the trials and asking for a new one must be one step, or two workers seeing
-    # n_trials - 1 finished trials would both start one. A journal lives on a file system all
-    # its workers share, so an flock beside it serialises them; for an RDB URL, workers on one
-    # machine share a lock in the working folder (across machines a trial may overshoot by at
-    # most the number of machines minus one).
-    storage = resolve_env(storage, "study.storage")  # a variable may hold a whole URL
-    if is_url(storage):
-        lock_path = cfg.workdir.resolve() / cfg.name / "reserve.lock"
-    else:
-        lock_path = Path(storage + ".reserve.lock")
-    return file_lock(lock_path)
 
 
 def worker_token() -> str:
