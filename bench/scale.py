@@ -316,7 +316,8 @@ def run_trial_once(prepared: Any, cfg: Any, threads: int) -> Any:
     """One study trial on `prepared` through `run_trial`, without MLflow."""
     import optuna
 
-    from mfstudy.tuning import TrialContext, limit_threads, make_pruner, make_sampler, run_trial
+    from mfstudy.threads import limit_threads
+    from mfstudy.tuning import TrialContext, make_pruner, make_sampler, run_trial
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(

@@ -65,6 +65,7 @@ from mfstudy.metrics import PairedDifference, UserValues, paired_bootstrap
 from mfstudy.models import DivergedError, Recommender
 from mfstudy.prepare import Prepared
 from mfstudy.secrets import redact_uri
+from mfstudy.threads import fit_capped
 
 __all__ = [
     "ArmScore",
@@ -280,17 +281,14 @@ def fit_and_score(
     Scored the way study trials are (same metric, users and seen-item exclusion), with `train`
     as the model's own training matrix. A diverging fit scores NaN (it loses the gate).
     """
-    from mfstudy.tuning import build_model, limit_threads
+    from mfstudy.tuning import build_model
 
     model = build_model(cfg, family, params, threads)
-    handle = limit_threads(threads)
     try:
-        model.fit(train)
+        fit_capped(model, train, threads)
     except DivergedError as exc:
         log.warning("%s fit diverged: %s", family, exc)
         return ArmScore(float("nan"))
-    finally:
-        del handle
     try:
         users, values = user_scores(
             model, train, prepared.test, prepared.users, cfg.evaluation, cfg.metric

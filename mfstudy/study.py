@@ -24,6 +24,7 @@ from mfstudy.errors import StudyError
 from mfstudy.models import DivergedError, Recommender, model_class
 from mfstudy.prepare import Prepared, prepare, read_prepared, write_prepared
 from mfstudy.secrets import public_config, redact_uri
+from mfstudy.threads import fit_capped, limit_threads
 from mfstudy.tuning import (
     BestTrial,
     TrialContext,
@@ -38,7 +39,6 @@ from mfstudy.tuning import (
     create_study,
     fail_stale_trials,
     find_study,
-    limit_threads,
     optuna_figures,
     run_trial,
     run_workers,
@@ -174,15 +174,12 @@ def retrain(best: BestTrial, prepared: Prepared, cfg: StudyConfig, threads: int)
     if "iterations" in constructor_params(model_class(best.family)):
         params["iterations"] = best.best_epoch
     model = build_model(cfg, best.family, params, threads)
-    handle = limit_threads(threads)
     try:
-        model.fit(prepared.full)
+        fit_capped(model, prepared.full, threads)
     except DivergedError as exc:
         raise StudyError(
             f"retraining trial {best.number} on the full data diverged: {exc}"
         ) from None
-    finally:
-        del handle
     p, q = model.scoring_factors()
     if not (np.isfinite(p).all() and np.isfinite(q).all()):
         raise StudyError(f"retraining trial {best.number} produced non-finite factors")

@@ -29,6 +29,7 @@ CORE = [
     "mfstudy.config",
     "mfstudy.prepare",
     "mfstudy.workdir",
+    "mfstudy.threads",
 ]
 
 

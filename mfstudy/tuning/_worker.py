@@ -23,6 +23,7 @@ from mfstudy.config import StudyConfig
 from mfstudy.evaluation import evaluate_model
 from mfstudy.models import DivergedError, Recommender, model_class
 from mfstudy.prepare import Prepared, read_prepared
+from mfstudy.threads import fit_capped, limit_threads
 from mfstudy.tuning._factories import make_pruner, make_sampler, make_storage
 from mfstudy.tuning._space import suggest
 from mfstudy.workdir import reservation_lock, study_lock
@@ -240,7 +241,7 @@ def run_trial(
         raise ValueError(f"study.metric {cfg.metric!r} is not logged for {family} models")
     state, error = "complete", None
     try:
-        model.fit(prepared.train, callback=on_epoch)
+        fit_capped(model, prepared.train, ctx.threads, callback=on_epoch)
         if best.value is None:
             raise DivergedError("no finite evaluation")
     except optuna.TrialPruned:
@@ -279,21 +280,6 @@ def metric_keys(cfg: StudyConfig, family: str) -> set[str]:
 
 
 # ----------------------------------------------------------------------------- worker loop
-
-
-def limit_threads(threads: int) -> Any:
-    """Cap BLAS, OpenMP and numba threads for this process; returns the threadpoolctl handle
-    (keep it alive). Parallel trials on 2 cores with 2 threads each would oversubscribe."""
-    from threadpoolctl import threadpool_limits
-
-    handle = threadpool_limits(limits=threads)
-    try:
-        import numba
-
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    except ImportError:  # pragma: no cover - numba is a dependency
-        pass
-    return handle
 
 
 def worker_loop(
