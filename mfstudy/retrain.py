@@ -357,7 +357,8 @@ def retrain_champion(
     import os
 
     from mfstudy import tracking
-    from mfstudy.study import data_summary, holdout_fingerprint
+    from mfstudy.prepare import holdout_fingerprint
+    from mfstudy.study import data_summary
     from mfstudy.tracking._retrain import champion_version, latest_version_tagged
 
     start = time.perf_counter()

@@ -6,7 +6,6 @@ This module wires the layers together: `mfstudy.tuning` (Optuna) runs the trials
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import tempfile
 import time
@@ -19,10 +18,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mfstudy.config import DataSource, StudyConfig
+from mfstudy.config import StudyConfig
+from mfstudy.data import input_checksum
 from mfstudy.errors import StudyError
 from mfstudy.models import DivergedError, Recommender, model_class
-from mfstudy.prepare import Prepared, prepare, read_prepared, write_prepared
+from mfstudy.prepare import (
+    Prepared,
+    data_fingerprint,
+    holdout_fingerprint,
+    prepare,
+    read_prepared,
+    write_prepared,
+)
 from mfstudy.secrets import public_config, redact_uri
 from mfstudy.threads import fit_capped, limit_threads
 from mfstudy.tuning import (
@@ -54,12 +61,8 @@ __all__ = [
     "StudySession",
     "check_study",
     "close_study",
-    "data_fingerprint",
     "data_summary",
     "end_study",
-    "holdout_fingerprint",
-    "input_checksum",
-    "input_files",
     "interrupt_study",
     "log_model_version",
     "log_similarities",
@@ -137,32 +140,6 @@ class StudyResult:
     study_name: str
     """The Optuna study (and MLflow parent run) the trials are in: the config's name, or
     `<name>-<fingerprint>` when the data changed (see :func:`study_for_data`)."""
-
-
-def holdout_fingerprint(prepared: Prepared) -> str:
-    """Identifies the train/test split, so scores are only compared on the same holdout."""
-    h = hashlib.sha256()
-    for m in (prepared.train, prepared.test):
-        h.update(np.asarray(m.shape, np.int64).tobytes())
-        h.update(m.indptr.tobytes())
-        h.update(m.indices.tobytes())
-    h.update(prepared.users.tobytes())
-    return h.hexdigest()[:16]
-
-
-def data_fingerprint(prepared: Prepared) -> str:
-    """Identifies the prepared data itself: every interaction with its weight, the raw ids
-    behind the rows and columns, and the holdout. Equal fingerprints mean a model trained and
-    scored on either would be the same model with the same score."""
-    h = hashlib.sha256(holdout_fingerprint(prepared).encode())
-    full = prepared.full
-    h.update(np.asarray(full.shape, np.int64).tobytes())
-    for part in (full.indptr, full.indices, full.data):
-        h.update(np.ascontiguousarray(part).tobytes())
-    for ids in (prepared.interactions.user_ids, prepared.interactions.item_ids):
-        h.update("\x1f".join(map(str, np.asarray(ids).tolist())).encode())
-        h.update(b"\x1e")
-    return h.hexdigest()[:16]
 
 
 def retrain(best: BestTrial, prepared: Prepared, cfg: StudyConfig, threads: int) -> Recommender:
@@ -793,30 +770,3 @@ def warm_up(cfg: StudyConfig) -> float:
         model.fit(train)
         evaluate_model(model, train, train, users, cfg.evaluation)
     return time.perf_counter() - start
-
-
-def input_files(source: DataSource) -> list[Path]:
-    """The files a source reads (none for synthetic data); may download a public dataset."""
-    from mfstudy.data import DATASETS, dataset_dir
-
-    if source.source == "synthetic":
-        return []
-    if source.source in ("sketchfab", "table"):
-        return [Path(source.path)]  # type: ignore[union-attr]
-    spec = DATASETS[source.source]
-    folder = dataset_dir(source.source, source.path)  # type: ignore[union-attr]
-    return [folder / f for f in spec.files]
-
-
-def input_checksum(cfg: StudyConfig) -> str:
-    """sha256 over the bytes of every input file, so a cache keyed by it notices new data."""
-    h = hashlib.sha256()
-    for path in input_files(cfg.data):
-        h.update(path.name.encode())
-        try:
-            with open(path, "rb") as fh:
-                while chunk := fh.read(1 << 20):
-                    h.update(chunk)
-        except OSError:
-            h.update(b"<missing>")  # the ingest step reports the file properly
-    return h.hexdigest()
