@@ -56,7 +56,6 @@ from mfstudy.tuning import (
 from mfstudy.workdir import prepared_dir, spool_dir, study_lock
 
 __all__ = [
-    "MlflowTrialLogs",
     "StudyResult",
     "StudySession",
     "check_study",
@@ -84,47 +83,6 @@ log = logging.getLogger("mfstudy.study")
 #: (:func:`data_fingerprint`) and where they are tracked (redacted tracking URI).
 DATA_FINGERPRINT_ATTR = "mfstudy.data_fingerprint"
 TRACKING_ATTR = "mfstudy.tracking"
-
-
-@dataclass(frozen=True)
-class MlflowTrialLogs:
-    """Opens a trial's nested MLflow run; picklable, so worker processes can call it.
-
-    The run is created at the trial's first flush (after `flush_seconds`) or at its end,
-    whichever comes first (see `tracking.flush_seconds`)."""
-
-    uri: str
-    experiment_id: str
-    parent_run_id: str
-    spool_dir: Path
-    flush_seconds: float
-
-    def __call__(self, number: int, params: dict[str, Any]) -> Any:
-        from mfstudy.tracking import TrialRun
-
-        return TrialRun.start(
-            self.uri,
-            self.experiment_id,
-            self.parent_run_id,
-            number,
-            params,
-            spool_dir=self.spool_dir,
-            flush_every=None,
-            flush_seconds=self.flush_seconds,
-            create_now=False,
-        )
-
-    def fail_crashed(self, number: int, run_id: str | None, reason: str) -> None:
-        """End FAILED (tag `mfstudy.error`: `reason`) the run of trial `number`, whose worker
-        process died mid-study; as `open_study` does for a crashed worker's trials."""
-        from mfstudy import tracking
-
-        try:
-            tracking.fail_trial_run(
-                self.uri, self.experiment_id, self.parent_run_id, number, run_id, reason
-            )
-        except tracking.TrackingError as exc:  # the study goes on; Optuna has it failed
-            log.warning("trial %d: %s", number, exc)
 
 
 @dataclass(frozen=True)
@@ -549,7 +507,7 @@ def open_study(cfg: StudyConfig, prepared: Prepared | None = None) -> StudySessi
         prepared_dir=data_dir,
         n_trials=cfg.study.n_trials,
         threads=threads,
-        tracker=MlflowTrialLogs(
+        tracker=tracking.MlflowTrialLogs(
             uri, parent.experiment_id, parent.run_id, spool, cfg.tracking.flush_seconds
         ),
         deadline=time.time() + cfg.study.timeout if cfg.study.timeout else None,

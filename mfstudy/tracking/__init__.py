@@ -5,8 +5,9 @@ Layout of what a study records:
 - one experiment per study, holding one parent run (tag `mfstudy.study`), found again on resume
   (:func:`start_study`, :func:`finish_study`);
 - one nested run per trial (`trial-0007`, tag `mlflow.parentRunId`) with per-epoch metrics at
-  step = epoch, ended FINISHED / KILLED (pruned) / FAILED (:class:`TrialRun`); data the server
-  could not take is spooled locally and sent later (:func:`replay_spool`);
+  step = epoch, ended FINISHED / KILLED (pruned) / FAILED (:class:`TrialRun`, opened in the
+  workers by :class:`MlflowTrialLogs`); data the server could not take is spooled locally and
+  sent later (:func:`replay_spool`);
 - on the parent run: config, data statistics, trials table, best trial, figures
   (:func:`log_study_artifacts`);
 - the retrained model as a pyfunc model, registered with alias `champion` when it beats the
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     )
     from mfstudy.tracking._transport import FailurePolicy, check_reachable
     from mfstudy.tracking._trial import ReplayReport, TrialEnd, TrialRun, replay_spool
+    from mfstudy.tracking._trial_logs import MlflowTrialLogs
 
 __all__ = [
     "CHAMPION",
@@ -60,6 +62,7 @@ __all__ = [
     "HoldoutMismatchError",
     "LoadedRecommender",
     "LoggedRecommender",
+    "MlflowTrialLogs",
     "RecommenderPyfunc",
     "ReplayReport",
     "StudyRun",
@@ -111,6 +114,7 @@ _LAZY = {
     "TrialEnd": "_trial",
     "TrialRun": "_trial",
     "replay_spool": "_trial",
+    "MlflowTrialLogs": "_trial_logs",
 }
 
 
