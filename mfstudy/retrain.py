@@ -358,7 +358,7 @@ def retrain_champion(
 
     from mfstudy import tracking
     from mfstudy.prepare import holdout_fingerprint
-    from mfstudy.study import data_summary
+    from mfstudy.registration import data_summary
     from mfstudy.tracking._retrain import champion_version, latest_version_tagged
 
     start = time.perf_counter()
@@ -535,7 +535,7 @@ def _refit_and_register(
 ) -> RetrainResult:
     """Both arms fitted and scored, the tolerance rule, a new version, maybe the alias."""
     from mfstudy import tracking
-    from mfstudy.study import log_model_version, log_similarities, retrain
+    from mfstudy.registration import log_model_version, log_similarities, refit_best
     from mfstudy.tracking._retrain import move_champion
     from mfstudy.tuning import BestTrial
 
@@ -579,7 +579,7 @@ def _refit_and_register(
     try:
         epochs = int(params.get("iterations", 0))
         best = BestTrial(-1, family, params, candidate.value, epochs)
-        model = retrain(best, prepared, cfg, threads)
+        model = refit_best(best, prepared, cfg, threads)
         log_similarities(cfg, model, prepared, run_id, run.uri)
         tags = {
             f"{TAG}decision": decision,
