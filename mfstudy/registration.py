@@ -26,7 +26,7 @@ from mfstudy.models import DivergedError, Recommender, model_class
 from mfstudy.prepare import Prepared, data_fingerprint, holdout_fingerprint
 from mfstudy.threads import fit_capped
 from mfstudy.tuning import BestTrial, build_model, constructor_params
-from mfstudy.workdir import study_lock
+from mfstudy.workdir import champion_lock
 
 __all__ = [
     "data_summary",
@@ -188,9 +188,11 @@ def register_model(
     holdout = holdout_fingerprint(prepared)
     version = log_model_version(model, prepared, run_id, uri, name, best.value, holdout, cfg=cfg)
     try:
-        # Read-compare-move is not atomic in the registry: two processes of one study closing
-        # at once could both read the old champion and the worse one move the alias last.
-        with study_lock(cfg):
+        # Read-compare-move is not atomic in the registry: two processes registering to this
+        # model at once (one study closing twice, or its `<name>-<fingerprint>` continuation,
+        # or the nightly retraining) could both read the old champion and the worse one move
+        # the alias last.
+        with champion_lock(cfg):
             promoted = tracking.set_champion_if_better(
                 uri, name, version, best.value, cfg.direction == "maximize", holdout=holdout
             )
