@@ -1,7 +1,15 @@
-"""A whole study on this machine: prepare, tune in parallel, retrain the best, register it.
+"""A study's lifecycle on this machine: open it, run its trials, close it.
+
+:func:`run_study` (`mfstudy study`) is :func:`open_study` (checks, the prepared data, the Optuna
+study for this data, :func:`study_for_data`, and the MLflow parent run), the trials in `workers`
+local processes, and :func:`close_study` (:func:`summarize_study`, the best registered by
+`mfstudy.registration`, :func:`end_study`; :func:`interrupt_study` when the trials are cut
+short). :func:`one_trial` is the unit a Prefect task runs, :func:`warm_up` a trial process's
+one-time costs, :func:`progress_info` what progress displays show.
 
 This module wires the layers together: `mfstudy.tuning` (Optuna) runs the trials,
-`mfstudy.tracking` (MLflow) records them. The Prefect flow calls the same steps as tasks.
+`mfstudy.tracking` (MLflow) records them, `mfstudy.workdir` holds the working folder's paths and
+locks. The Prefect flow calls the same steps as tasks.
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ __all__ = [
     "interrupt_study",
     "one_trial",
     "open_study",
+    "progress_info",
     "run_study",
     "study_for_data",
     "summarize_study",
