@@ -197,9 +197,9 @@ def bare_child(trials: int, quick: bool) -> dict[str, Any]:
     from mfstudy.evaluation import evaluate_model
     from mfstudy.prepare import prepare
     from mfstudy.study import warm_up
+    from mfstudy.threads import limit_threads
     from mfstudy.tuning import (
         build_model,
-        limit_threads,
         make_sampler,
         quiet,
         suggest,

@@ -21,7 +21,7 @@ library's own entry points:
 - clean: `mfstudy.data.clean` (drop duplicate rows, merge pairs, encode), as `prepare.ingest`;
 - threshold: `mfstudy.prepare.threshold_stage` (iterative 5/5 k-core);
 - split: `mfstudy.prepare.split_stage` (CSR, user-holdout split, statistics);
-- trial: `mfstudy.tuning.run_trial` -- what `mfstudy.study.one_trial` runs once it has the
+- trial: `mfstudy.tuning.run_trial` -- what `mfstudy.tuning.one_trial` runs once it has the
   prepared data: build the model, fit with the per-epoch callback that evaluates
   (`mfstudy.evaluation.evaluate_model`: train/test precision@5, recall, nDCG, MAP, train/test
   all-cells MSE over the held-out users) and reports to Optuna. The study is an in-memory
@@ -316,7 +316,8 @@ def run_trial_once(prepared: Any, cfg: Any, threads: int) -> Any:
     """One study trial on `prepared` through `run_trial`, without MLflow."""
     import optuna
 
-    from mfstudy.tuning import TrialContext, limit_threads, make_pruner, make_sampler, run_trial
+    from mfstudy.threads import limit_threads
+    from mfstudy.tuning import TrialContext, make_pruner, make_sampler, run_trial
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(

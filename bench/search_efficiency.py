@@ -39,8 +39,7 @@ def run_search(config: Path, overrides: list[str], workers: int) -> dict[str, fl
     import optuna
 
     from mfstudy.config import load_config
-    from mfstudy.prepare import prepare, write_prepared
-    from mfstudy.study import holdout_fingerprint
+    from mfstudy.prepare import holdout_fingerprint, prepare, write_prepared
     from mfstudy.tuning import TrialContext, create_study, quiet, run_local, threads_per_worker
 
     quiet()

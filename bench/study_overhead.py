@@ -36,7 +36,7 @@ OVERRIDES = ["study.pruner.kind=none"]
 def one_study(tmp: Path, trials: int, uri: str | None) -> float:
     from mfstudy.config import load_config
     from mfstudy.prepare import prepare, write_prepared
-    from mfstudy.study import MlflowTrialLogs
+    from mfstudy.tracking import MlflowTrialLogs
     from mfstudy.tuning import TrialContext, create_study, quiet, run_local
 
     quiet()

@@ -6,7 +6,7 @@ Not a test (no timing assertions anywhere): run it by hand against a real local 
 
 It starts `mlflow server` on a temporary SQLite store, logs 3 runs x 5 metrics x 20 epochs
 both ways (each way timed from run creation to run end, on fresh runs), and prints wall times.
-The batched way is a `TrialRun` opened as a study opens it (`mfstudy.study.MlflowTrialLogs`:
+The batched way is a `TrialRun` opened as a study opens it (`mfstudy.tracking.MlflowTrialLogs`:
 created at the first flush, after `tracking.flush_seconds`, or at the end).
 `--quick`: 5 epochs, one repeat (a smoke run); `--json`: the headline ratio as a last JSON line
 (see bench/run_all.py).
@@ -30,8 +30,7 @@ from run_all import emit, row
 from servers import MlflowServer
 
 from mfstudy.config import TrackingSettings
-from mfstudy.study import MlflowTrialLogs
-from mfstudy.tracking import start_study
+from mfstudy.tracking import MlflowTrialLogs, start_study
 
 RUNS, METRICS, EPOCHS, REPEATS = 3, 5, 20, 3
 SPOOL = Path(tempfile.gettempdir())  # used only if the server failed, which fails the bench

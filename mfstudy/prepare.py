@@ -2,10 +2,13 @@
 
 `prepare(cfg)` does the work in memory; `write_prepared` saves it atomically (a half-written
 output folder never appears under its final name) and `read_prepared` loads it back.
+`holdout_fingerprint` and `data_fingerprint` identify a split and the prepared data: scores are
+compared only on the same holdout, and a study resumes only on the same data.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -30,6 +33,8 @@ __all__ = [
     "Prepared",
     "Thresholded",
     "check_output_folder",
+    "data_fingerprint",
+    "holdout_fingerprint",
     "ingest",
     "prepare",
     "read_prepared",
@@ -161,6 +166,32 @@ def split_stage(thresholded: Thresholded, cfg: StudyConfig) -> Prepared:
 def prepare(cfg: StudyConfig) -> Prepared:
     """Run ingest -> clean -> threshold -> split for `cfg`; every random choice from `cfg.seed`."""
     return split_stage(threshold_stage(ingest(cfg), cfg), cfg)
+
+
+def holdout_fingerprint(prepared: Prepared) -> str:
+    """Identifies the train/test split, so scores are only compared on the same holdout."""
+    h = hashlib.sha256()
+    for m in (prepared.train, prepared.test):
+        h.update(np.asarray(m.shape, np.int64).tobytes())
+        h.update(m.indptr.tobytes())
+        h.update(m.indices.tobytes())
+    h.update(prepared.users.tobytes())
+    return h.hexdigest()[:16]
+
+
+def data_fingerprint(prepared: Prepared) -> str:
+    """Identifies the prepared data itself: every interaction with its weight, the raw ids
+    behind the rows and columns, and the holdout. Equal fingerprints mean a model trained and
+    scored on either would be the same model with the same score."""
+    h = hashlib.sha256(holdout_fingerprint(prepared).encode())
+    full = prepared.full
+    h.update(np.asarray(full.shape, np.int64).tobytes())
+    for part in (full.indptr, full.indices, full.data):
+        h.update(np.ascontiguousarray(part).tobytes())
+    for ids in (prepared.interactions.user_ids, prepared.interactions.item_ids):
+        h.update("\x1f".join(map(str, np.asarray(ids).tolist())).encode())
+        h.update(b"\x1e")
+    return h.hexdigest()[:16]
 
 
 def write_prepared(p: Prepared, out: str | os.PathLike[str]) -> Path:

@@ -65,6 +65,8 @@ from mfstudy.metrics import PairedDifference, UserValues, paired_bootstrap
 from mfstudy.models import DivergedError, Recommender
 from mfstudy.prepare import Prepared
 from mfstudy.secrets import redact_uri
+from mfstudy.threads import fit_capped
+from mfstudy.workdir import champion_lock
 
 __all__ = [
     "ArmScore",
@@ -280,17 +282,14 @@ def fit_and_score(
     Scored the way study trials are (same metric, users and seen-item exclusion), with `train`
     as the model's own training matrix. A diverging fit scores NaN (it loses the gate).
     """
-    from mfstudy.tuning import build_model, limit_threads
+    from mfstudy.tuning import build_model
 
     model = build_model(cfg, family, params, threads)
-    handle = limit_threads(threads)
     try:
-        model.fit(train)
+        fit_capped(model, train, threads)
     except DivergedError as exc:
         log.warning("%s fit diverged: %s", family, exc)
         return ArmScore(float("nan"))
-    finally:
-        del handle
     try:
         users, values = user_scores(
             model, train, prepared.test, prepared.users, cfg.evaluation, cfg.metric
@@ -354,52 +353,60 @@ def retrain_champion(
     Returns None when the model `cfg.study.register_as or cfg.name` has no champion yet (run a
     study instead); a result with decision "unchanged" when the data is the champion's (nothing
     registered). Raises :class:`RetrainGateError` (one line) when the data gate fails: nothing
-    registered. See the module docstring for exactly what is compared.
+    registered. See the module docstring for exactly what is compared. The model's champion lock
+    (:func:`mfstudy.workdir.champion_lock`) is held from reading the champion to moving the
+    alias.
     """
     import os
 
     from mfstudy import tracking
-    from mfstudy.study import data_summary, holdout_fingerprint
-    from mfstudy.tracking._retrain import champion_version, latest_version_tagged
+    from mfstudy.prepare import holdout_fingerprint
+    from mfstudy.registration import data_summary
+    from mfstudy.tracking._retrain import latest_version_tagged
 
     start = time.perf_counter()
     threads = threads or cfg.study.threads_per_worker or (os.cpu_count() or 1)
     uri = tracking.tracking_uri_for(cfg.tracking.uri, cfg.workdir.resolve())
     name = cfg.study.register_as or cfg.name
-    champ = champion_version(uri, name)
-    if champ is None:
-        return None
-    loaded = tracking.load_recommender(champ.uri, uri)
-    family, params = _recipe(loaded.model)
-    inter = prepared.interactions
-    today = data_summary(prepared, cfg)
-    stored = card_from_tags(champ.tags)
-    check = check_data(
-        stored or card_from_model(loaded.model.seen_, loaded.user_ids, loaded.item_ids),
-        today,
-        (loaded.user_ids, loaded.item_ids),
-        (inter.user_ids, inter.item_ids),
-        cfg.retrain.max_shrink,
-    )
-    if check.derived:
-        log.warning("%s: %s", name, check.note())
-    run = _RetrainRun(cfg, uri, name, champ.version, family, params, holdout_fingerprint(prepared))
-    if check.unchanged:
-        reason = "today's prepared data is the data it was trained on"
-        return run.unchanged(check, champ.tags, today, start, reason)
-    if not check.passed:
-        run.gate_failed(check)  # raises
-    # A version already fitted on today's data and compared with this very champion (a night
-    # that kept the champion, data unchanged since): the same recipe, data and seed would
-    # give the same version and the same verdict again.
-    earlier = latest_version_tagged(uri, name, f"{CARD_TAG}.fingerprint", today["fingerprint"])
-    if earlier is not None and earlier.tags.get(f"{TAG}champion_version") == champ.version:
-        reason = (
-            f"version {earlier.version} already holds today's data and was "
-            f"{earlier.tags.get(f'{TAG}decision', 'compared')} against this champion"
+    # The champion this retraining compares with must still be the champion when the alias
+    # moves: from reading it to moving the alias, the model's champion lock is held (a study
+    # registering to the same model meanwhile waits for it).
+    with champion_lock(cfg):
+        champ = tracking.champion_version(uri, name)
+        if champ is None:
+            return None
+        loaded = tracking.load_recommender(champ.uri, uri)
+        family, params = _recipe(loaded.model)
+        inter = prepared.interactions
+        today = data_summary(prepared, cfg)
+        stored = card_from_tags(champ.tags)
+        check = check_data(
+            stored or card_from_model(loaded.model.seen_, loaded.user_ids, loaded.item_ids),
+            today,
+            (loaded.user_ids, loaded.item_ids),
+            (inter.user_ids, inter.item_ids),
+            cfg.retrain.max_shrink,
         )
-        return run.unchanged(check, champ.tags, today, start, reason)
-    return _refit_and_register(cfg, prepared, threads, run, check, loaded, today, start)
+        if check.derived:
+            log.warning("%s: %s", name, check.note())
+        holdout = holdout_fingerprint(prepared)
+        run = _RetrainRun(cfg, uri, name, champ.version, family, params, holdout)
+        if check.unchanged:
+            reason = "today's prepared data is the data it was trained on"
+            return run.unchanged(check, champ.tags, today, start, reason)
+        if not check.passed:
+            run.gate_failed(check)  # raises
+        # A version already fitted on today's data and compared with this very champion (a night
+        # that kept the champion, data unchanged since): the same recipe, data and seed would
+        # give the same version and the same verdict again.
+        earlier = latest_version_tagged(uri, name, f"{CARD_TAG}.fingerprint", today["fingerprint"])
+        if earlier is not None and earlier.tags.get(f"{TAG}champion_version") == champ.version:
+            reason = (
+                f"version {earlier.version} already holds today's data and was "
+                f"{earlier.tags.get(f'{TAG}decision', 'compared')} against this champion"
+            )
+            return run.unchanged(check, champ.tags, today, start, reason)
+        return _refit_and_register(cfg, prepared, threads, run, check, loaded, today, start)
 
 
 @dataclass(frozen=True)
@@ -535,8 +542,7 @@ def _refit_and_register(
 ) -> RetrainResult:
     """Both arms fitted and scored, the tolerance rule, a new version, maybe the alias."""
     from mfstudy import tracking
-    from mfstudy.study import log_model_version, log_similarities, retrain
-    from mfstudy.tracking._retrain import move_champion
+    from mfstudy.registration import log_model_version, log_similarities, refit_best
     from mfstudy.tuning import BestTrial
 
     name, family, params = run.name, run.family, run.params
@@ -579,7 +585,7 @@ def _refit_and_register(
     try:
         epochs = int(params.get("iterations", 0))
         best = BestTrial(-1, family, params, candidate.value, epochs)
-        model = retrain(best, prepared, cfg, threads)
+        model = refit_best(best, prepared, cfg, threads)
         log_similarities(cfg, model, prepared, run_id, run.uri)
         tags = {
             f"{TAG}decision": decision,
@@ -595,7 +601,7 @@ def _refit_and_register(
             model, prepared, run_id, run.uri, name, candidate.value, run.holdout, cfg=cfg, tags=tags
         )
         if promote:
-            move_champion(run.uri, name, version)
+            tracking.move_champion(run.uri, name, version)
         result = run._result(
             decision,
             candidate.value,

@@ -1,14 +1,21 @@
-"""A whole study on this machine: prepare, tune in parallel, retrain the best, register it.
+"""A study's lifecycle: open it, run its trials, close it.
+
+:func:`run_study` (`mfstudy study`) is :func:`open_study` (checks, the prepared data, the Optuna
+study for this data, :func:`study_for_data`, and the MLflow parent run), the trials (the trial
+driver, `mfstudy.tuning.run_local`, on this machine), and :func:`close_study` (the tracking
+check, :func:`summarize_study`, the best refitted and registered by `mfstudy.registration`,
+:func:`end_study`; :func:`interrupt_study` when the trials are cut short). :func:`warm_up` pays
+a trial process's one-time costs, :func:`progress_info` is what progress displays show.
 
 This module wires the layers together: `mfstudy.tuning` (Optuna) runs the trials,
-`mfstudy.tracking` (MLflow) records them. The Prefect flow calls the same steps as tasks.
+`mfstudy.tracking` (MLflow) records them, `mfstudy.workdir` holds the working folder's paths and
+locks. The Prefect flow (`flows/study.py`) calls the same functions: the driver on its own
+lanes, and :func:`close_study` with its tasks as :class:`CloseSteps`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import tempfile
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -17,12 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from mfstudy.config import DataSource, StudyConfig
+from mfstudy.config import StudyConfig
 from mfstudy.errors import StudyError
-from mfstudy.models import DivergedError, Recommender, model_class
-from mfstudy.prepare import Prepared, prepare, write_prepared
+from mfstudy.models import Recommender, model_class
+from mfstudy.prepare import Prepared, data_fingerprint, prepare, write_prepared
+from mfstudy.registration import log_similarities, refit_best, register_model
 from mfstudy.secrets import public_config, redact_uri
 from mfstudy.tuning import (
     BestTrial,
@@ -37,37 +44,25 @@ from mfstudy.tuning import (
     create_study,
     fail_stale_trials,
     find_study,
-    limit_threads,
     optuna_figures,
     run_local,
     storage_spec,
-    study_lock,
     threads_per_worker,
     trials_table,
 )
+from mfstudy.workdir import prepared_dir, spool_dir, study_lock
 
 __all__ = [
     "CloseSteps",
-    "MlflowTrialLogs",
     "StudyResult",
     "StudySession",
     "check_study",
     "close_study",
-    "data_fingerprint",
-    "data_summary",
     "end_study",
-    "holdout_fingerprint",
-    "input_checksum",
-    "input_files",
     "interrupt_study",
-    "log_model_version",
-    "log_similarities",
     "open_study",
-    "register_best",
-    "register_model",
-    "retrain",
+    "progress_info",
     "run_study",
-    "similar_items_table",
     "study_for_data",
     "summarize_study",
     "warm_up",
@@ -79,47 +74,6 @@ log = logging.getLogger("mfstudy.study")
 #: (:func:`data_fingerprint`) and where they are tracked (redacted tracking URI).
 DATA_FINGERPRINT_ATTR = "mfstudy.data_fingerprint"
 TRACKING_ATTR = "mfstudy.tracking"
-
-
-@dataclass(frozen=True)
-class MlflowTrialLogs:
-    """Opens a trial's nested MLflow run; picklable, so worker processes can call it.
-
-    The run is created at the trial's first flush (after `flush_seconds`) or at its end,
-    whichever comes first (see `tracking.flush_seconds`)."""
-
-    uri: str
-    experiment_id: str
-    parent_run_id: str
-    spool_dir: Path
-    flush_seconds: float
-
-    def __call__(self, number: int, params: dict[str, Any]) -> Any:
-        from mfstudy.tracking import TrialRun
-
-        return TrialRun.start(
-            self.uri,
-            self.experiment_id,
-            self.parent_run_id,
-            number,
-            params,
-            spool_dir=self.spool_dir,
-            flush_every=None,
-            flush_seconds=self.flush_seconds,
-            create_now=False,
-        )
-
-    def fail_crashed(self, number: int, run_id: str | None, reason: str) -> None:
-        """End FAILED (tag `mfstudy.error`: `reason`) the run of trial `number`, whose worker
-        process died mid-study; as `open_study` does for a crashed worker's trials."""
-        from mfstudy import tracking
-
-        try:
-            tracking.fail_trial_run(
-                self.uri, self.experiment_id, self.parent_run_id, number, run_id, reason
-            )
-        except tracking.TrackingError as exc:  # the study goes on; Optuna has it failed
-            log.warning("trial %d: %s", number, exc)
 
 
 @dataclass(frozen=True)
@@ -146,78 +100,6 @@ class StudyResult:
         return asdict(self)
 
 
-def holdout_fingerprint(prepared: Prepared) -> str:
-    """Identifies the train/test split, so scores are only compared on the same holdout."""
-    h = hashlib.sha256()
-    for m in (prepared.train, prepared.test):
-        h.update(np.asarray(m.shape, np.int64).tobytes())
-        h.update(m.indptr.tobytes())
-        h.update(m.indices.tobytes())
-    h.update(prepared.users.tobytes())
-    return h.hexdigest()[:16]
-
-
-def data_fingerprint(prepared: Prepared) -> str:
-    """Identifies the prepared data itself: every interaction with its weight, the raw ids
-    behind the rows and columns, and the holdout. Equal fingerprints mean a model trained and
-    scored on either would be the same model with the same score."""
-    h = hashlib.sha256(holdout_fingerprint(prepared).encode())
-    full = prepared.full
-    h.update(np.asarray(full.shape, np.int64).tobytes())
-    for part in (full.indptr, full.indices, full.data):
-        h.update(np.ascontiguousarray(part).tobytes())
-    for ids in (prepared.interactions.user_ids, prepared.interactions.item_ids):
-        h.update("\x1f".join(map(str, np.asarray(ids).tolist())).encode())
-        h.update(b"\x1e")
-    return h.hexdigest()[:16]
-
-
-def retrain(best: BestTrial, prepared: Prepared, cfg: StudyConfig, threads: int) -> Recommender:
-    """The best trial's model fitted on the full data (train + test) for its best epoch count.
-
-    Raises StudyError if training diverges: a NaN model is never registered.
-    """
-    params = dict(best.params)
-    if "iterations" in constructor_params(model_class(best.family)):
-        params["iterations"] = best.best_epoch
-    model = build_model(cfg, best.family, params, threads)
-    handle = limit_threads(threads)
-    try:
-        model.fit(prepared.full)
-    except DivergedError as exc:
-        raise StudyError(
-            f"retraining trial {best.number} on the full data diverged: {exc}"
-        ) from None
-    finally:
-        del handle
-    p, q = model.scoring_factors()
-    if not (np.isfinite(p).all() and np.isfinite(q).all()):
-        raise StudyError(f"retraining trial {best.number} produced non-finite factors")
-    return model
-
-
-def similar_items_table(model: Recommender, prepared: Prepared, k: int) -> pd.DataFrame:
-    """Top-`k` cosine neighbours of every item, with ids and names (the blog's thumbnails)."""
-    inter = prepared.interactions
-    n_items = inter.n_items
-    k = min(k, n_items - 1)
-    items, scores = model.similar_items(np.arange(n_items), k)
-    names = inter.item_names if inter.item_names is not None else inter.item_ids.astype(str)
-    src = np.repeat(np.arange(n_items), k)
-    dst = items.ravel()
-    ok = dst >= 0
-    return pd.DataFrame(
-        {
-            "item_id": inter.item_ids[src[ok]],
-            "item_name": names[src[ok]],
-            "rank": np.tile(np.arange(1, k + 1), n_items)[ok],
-            "similar_item_id": inter.item_ids[dst[ok]],
-            "similar_item_name": names[dst[ok]],
-            "cosine": scores.ravel()[ok],
-        }
-    )
-
-
 def progress_info(study: Any, cfg: StudyConfig) -> dict[str, Any]:
     """Trial counts by state, the budget and the best value so far (for progress displays)."""
     c = counts(study)
@@ -226,124 +108,6 @@ def progress_info(study: Any, cfg: StudyConfig) -> dict[str, Any]:
     except ValueError:
         best_value = None
     return {**c, "total": cfg.study.n_trials, "best": best_value, "study": cfg.name}
-
-
-def register_best(
-    cfg: StudyConfig,
-    best: BestTrial,
-    prepared: Prepared,
-    run_id: str,
-    uri: str,
-    threads: int,
-) -> tuple[str, str, bool]:
-    """Retrain the best trial on the full data, log it with its item similarities, register it
-    and move alias `champion` to it if it beats the current one on the same holdout.
-
-    Returns (registered name, version, whether it became champion). If retraining fails,
-    nothing is registered.
-    """
-    model = retrain(best, prepared, cfg, threads)
-    log_similarities(cfg, model, prepared, run_id, uri)
-    return register_model(cfg, best, model, prepared, run_id, uri)
-
-
-def log_similarities(
-    cfg: StudyConfig, model: Recommender, prepared: Prepared, run_id: str, uri: str
-) -> None:
-    """Attach the item-to-item similarity table (`similar_items.csv`) to run `run_id`."""
-    from mfstudy import tracking
-
-    with tempfile.TemporaryDirectory() as tmp:
-        sim_path = Path(tmp) / "similar_items.csv"
-        similar_items_table(model, prepared, cfg.study.similar_items_k).to_csv(
-            sim_path, index=False
-        )
-        tracking.log_file(uri, run_id, sim_path)
-
-
-def log_model_version(
-    model: Recommender,
-    prepared: Prepared,
-    run_id: str,
-    uri: str,
-    name: str,
-    score: float,
-    holdout: str,
-    *,
-    cfg: StudyConfig,
-    tags: dict[str, Any] | None = None,
-) -> str:
-    """Log `model` with the id maps of `prepared` as a pyfunc model of run `run_id`, register
-    it as a new version of `name` tagged with its score, holdout, the data card of `prepared`
-    (:func:`data_summary`, what the nightly retraining's data gate compares with) and `tags`;
-    returns the version."""
-    from mfstudy import tracking
-    from mfstudy.datagate import card_tags
-
-    inter = prepared.interactions
-    version_tags = {**card_tags(data_summary(prepared, cfg)), **(tags or {})}
-    with tempfile.TemporaryDirectory() as tmp:
-        logged = tracking.log_recommender(
-            uri,
-            run_id,
-            model.save(Path(tmp) / "model"),
-            item_ids=inter.item_ids,
-            item_names=inter.item_names,
-            user_ids=inter.user_ids,
-            registered_name=name,
-            score=score,
-            holdout=holdout,
-            tags=version_tags,
-        )
-    return str(logged.version)
-
-
-def data_summary(prepared: Prepared, cfg: StudyConfig) -> dict[str, Any]:
-    """The data card of `prepared` (`mfstudy.datagate`): rows read, users, items,
-    interactions, interactions per user, the schema read, and the data's, holdout's and input
-    files' fingerprints."""
-    from mfstudy.datagate import data_card
-
-    inter = prepared.interactions
-    return data_card(
-        full=prepared.full,
-        stats=prepared.stats,
-        n_users=inter.n_users,
-        n_items=inter.n_items,
-        fingerprint=data_fingerprint(prepared),
-        holdout=holdout_fingerprint(prepared),
-        input_checksum=input_checksum(cfg),
-    )
-
-
-def register_model(
-    cfg: StudyConfig,
-    best: BestTrial,
-    model: Recommender,
-    prepared: Prepared,
-    run_id: str,
-    uri: str,
-) -> tuple[str, str, bool]:
-    """Log the retrained `model` as a pyfunc model of run `run_id`, register it and move alias
-    `champion` to it if it beats the current one on the same holdout."""
-    from mfstudy import tracking
-
-    name = cfg.study.register_as or cfg.name
-    holdout = holdout_fingerprint(prepared)
-    version = log_model_version(model, prepared, run_id, uri, name, best.value, holdout, cfg=cfg)
-    try:
-        # Read-compare-move is not atomic in the registry: two processes of one study closing
-        # at once could both read the old champion and the worse one move the alias last.
-        with study_lock(cfg):
-            promoted = tracking.set_champion_if_better(
-                uri, name, version, best.value, cfg.direction == "maximize", holdout=holdout
-            )
-    except tracking.HoldoutMismatchError as exc:
-        # A champion scored on other data: only the retraining flow, which re-scores both on
-        # one fresh holdout, may replace it.
-        log.warning("champion unchanged: %s", exc)
-        promoted = False
-    return name, version, promoted
 
 
 @dataclass(frozen=True)
@@ -528,7 +292,6 @@ def open_study(cfg: StudyConfig, prepared: Prepared | None = None) -> StudySessi
 
     start = time.perf_counter()
     uri = check_study(cfg)
-    root = cfg.workdir.resolve()
 
     if prepared is None:
         prepared = prepare(cfg)
@@ -538,7 +301,7 @@ def open_study(cfg: StudyConfig, prepared: Prepared | None = None) -> StudySessi
     # create a parent run, and both replay (so duplicate) the same spooled trial runs. The
     # config's lock also serialises choosing (and creating) the study for the data.
     with study_lock(cfg), ExitStack() as locks:
-        base_spool = root / cfg.name / "mlflow-spool"
+        base_spool = spool_dir(cfg)
         scfg, existing = study_for_data(cfg, fingerprint, uri)
         if scfg is not cfg:
             # Its workers hold its own lock (shared) while they read its prepared data.
@@ -549,8 +312,8 @@ def open_study(cfg: StudyConfig, prepared: Prepared | None = None) -> StudySessi
         if existing is None:
             _record(study, fingerprint, tracking.redact_uri(uri))
         cfg = scfg
-        spool = root / cfg.name / "mlflow-spool"
-        data_dir = write_prepared(prepared, root / cfg.name / "data")
+        spool = spool_dir(cfg)
+        data_dir = write_prepared(prepared, prepared_dir(cfg))
         parent = tracking.start_study(
             uri,
             cfg.tracking.experiment or cfg.name,
@@ -583,7 +346,7 @@ def open_study(cfg: StudyConfig, prepared: Prepared | None = None) -> StudySessi
         prepared_dir=data_dir,
         n_trials=cfg.study.n_trials,
         threads=threads,
-        tracker=MlflowTrialLogs(
+        tracker=tracking.MlflowTrialLogs(
             uri, parent.experiment_id, parent.run_id, spool, cfg.tracking.flush_seconds
         ),
         deadline=time.time() + cfg.study.timeout if cfg.study.timeout else None,
@@ -686,7 +449,7 @@ def _end_after_error(session: StudySession, state: str) -> None:
 
 def _retrain(session: StudySession, best: BestTrial) -> Recommender:
     """The best trial's model fitted on the full data for its best epoch count."""
-    return retrain(best, session.prepared, session.cfg, session.threads)
+    return refit_best(best, session.prepared, session.cfg, session.threads)
 
 
 def _similarities(session: StudySession, model: Recommender) -> None:
@@ -806,30 +569,3 @@ def warm_up(cfg: StudyConfig) -> float:
         model.fit(train)
         evaluate_model(model, train, train, users, cfg.evaluation)
     return time.perf_counter() - start
-
-
-def input_files(source: DataSource) -> list[Path]:
-    """The files a source reads (none for synthetic data); may download a public dataset."""
-    from mfstudy.data import DATASETS, dataset_dir
-
-    if source.source == "synthetic":
-        return []
-    if source.source in ("sketchfab", "table"):
-        return [Path(source.path)]  # type: ignore[union-attr]
-    spec = DATASETS[source.source]
-    folder = dataset_dir(source.source, source.path)  # type: ignore[union-attr]
-    return [folder / f for f in spec.files]
-
-
-def input_checksum(cfg: StudyConfig) -> str:
-    """sha256 over the bytes of every input file, so a cache keyed by it notices new data."""
-    h = hashlib.sha256()
-    for path in input_files(cfg.data):
-        h.update(path.name.encode())
-        try:
-            with open(path, "rb") as fh:
-                while chunk := fh.read(1 << 20):
-                    h.update(chunk)
-        except OSError:
-            h.update(b"<missing>")  # the ingest step reports the file properly
-    return h.hexdigest()

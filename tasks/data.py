@@ -16,8 +16,8 @@ from prefect import get_run_logger, task
 from prefect.context import TaskRunContext
 
 from mfstudy.config import StudyConfig
+from mfstudy.data import input_checksum
 from mfstudy.prepare import Ingested, Prepared, Thresholded, ingest, split_stage, threshold_stage
-from mfstudy.study import input_checksum
 from tasks._retry import unless_user_error
 
 __all__ = ["data_cache_key", "ingest_task", "split_task", "threshold_task"]

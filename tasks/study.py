@@ -21,15 +21,13 @@ from prefect.states import Cancelled
 from mfstudy.config import StudyConfig
 from mfstudy.models import Recommender
 from mfstudy.prepare import Prepared
+from mfstudy.registration import log_similarities, refit_best, register_model
 from mfstudy.retrain import RetrainResult, retrain_champion, retry_is_safe
 from mfstudy.secrets import redact_uri
 from mfstudy.study import (
     StudySession,
     end_study,
-    log_similarities,
     open_study,
-    register_model,
-    retrain,
     summarize_study,
     warm_up,
 )
@@ -150,7 +148,7 @@ def summarize_task(session: StudySession) -> tuple[BestTrial, dict[str, int], li
 @task(name="retrain", **_PLAIN)
 def retrain_best_task(session: StudySession, best: BestTrial) -> Recommender:
     """The best trial's model fitted on the full data for its best epoch count."""
-    model = retrain(best, session.prepared, session.cfg, session.threads)
+    model = refit_best(best, session.prepared, session.cfg, session.threads)
     get_run_logger().info("retrained trial %d on the full data", best.number)
     return model
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 from typing import Any
@@ -28,3 +29,17 @@ def shared_data_dir() -> Path | None:
         if c.is_dir():
             return c.resolve()
     return None
+
+
+def lock_held(path: Path) -> bool:
+    """Whether some open file (of any process, this one included) holds an flock on `path`:
+    a non-blocking exclusive flock from a fresh file descriptor is refused then."""
+    if not path.exists():
+        return False  # never taken (`file_lock` creates the file)
+    with open(path, "rb") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return False

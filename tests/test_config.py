@@ -85,6 +85,7 @@ def test_overrides_apply_and_validate() -> None:
 
 def test_every_accepted_seed_works_and_larger_ones_are_refused() -> None:
     import numpy as np
+    import optuna
     import scipy.sparse as sp
 
     from mfstudy.config import MAX_SEED
@@ -95,13 +96,16 @@ def test_every_accepted_seed_works_and_larger_ones_are_refused() -> None:
     with pytest.raises(ConfigError, match="seed") as err:
         load_config(None, [f"seed={MAX_SEED + 1}"])
     assert "\n" not in str(err.value)
-    # The largest seed reaches every generator it seeds: samplers (per worker, wrapped), the
-    # synthetic data, the models' own generators (numba's included).
+    # The largest seed reaches every generator it seeds: samplers (per trial number, wrapped),
+    # the synthetic data, the models' own generators (numba's included).
     cfg = load_config(None, [f"seed={MAX_SEED}", "study.sampler.kind=random"])
     for kind in ("tpe", "random"):
         sampler_cfg = cfg.study.sampler.model_copy(update={"kind": kind})
-        for worker in (0, 5):
-            assert make_sampler(sampler_cfg, cfg, worker) is not None
+        study = optuna.create_study(sampler=make_sampler(sampler_cfg, cfg))
+        for _ in range(3):  # each trial number seeds its own sampler
+            trial = study.ask()
+            study.tell(trial, trial.suggest_float("x", 0.0, 1.0))
+        assert len({t.params["x"] for t in study.trials}) == 3
     raw = generate_synthetic(
         cfg.data.model_copy(update={"n_users": 60, "n_items": 40, "n_interactions": 900}), MAX_SEED
     )

@@ -308,7 +308,7 @@ def test_four_processes_started_at_once_share_one_study(
 
     By design every process that runs out of trials closes the study with what it sees, so
     each registers a version; the champion alias only moves to a better one (under the
-    study's lock), so it ends on the best trial of all.
+    model's champion lock), so it ends on the best trial of all.
     """
     name = f"fault-concurrent-{storage}"
     url = f"sqlite:///{tmp_path / 'optuna.db'}" if storage == "sqlite" else None
@@ -372,7 +372,10 @@ def test_four_first_starts_on_an_empty_workdir_create_one_default_store(
     _assert_optuna_and_mlflow_agree(trials, client, name)
     parents, _ = _mlflow_runs(client, name)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["artifacts", name, "mlflow.db"]
+    # One store; beside it the study's folder and `registry`, the registered model's champion
+    # lock (`mfstudy.workdir.champion_lock`).
+    found = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert found == ["artifacts", name, "mlflow.db", "registry"]
 
 
 # ----------------------------------------------------------------------------- 3. server drop

@@ -28,6 +28,8 @@ CORE = [
     "mfstudy.models",
     "mfstudy.config",
     "mfstudy.prepare",
+    "mfstudy.workdir",
+    "mfstudy.threads",
 ]
 
 

@@ -26,8 +26,8 @@ from helpers import journal_study
 from mfstudy.config import StudyConfig, SyntheticSource, load_config
 from mfstudy.data import generate_synthetic
 from mfstudy.errors import StudyError
-from mfstudy.prepare import prepare
-from mfstudy.study import data_fingerprint, holdout_fingerprint, run_study
+from mfstudy.prepare import data_fingerprint, holdout_fingerprint, prepare
+from mfstudy.study import run_study
 from mfstudy.tuning import make_storage
 
 EXE = str(Path(sys.executable).with_name("mfstudy"))

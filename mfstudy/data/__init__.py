@@ -1,5 +1,7 @@
-"""Reading interaction data: dataset loaders, the synthetic generator, cleaning and encoding."""
+"""Reading interaction data: dataset loaders, the synthetic generator, cleaning and encoding,
+and the checksum of a source's input files."""
 
+from mfstudy.data._checksum import input_checksum, input_files
 from mfstudy.data._download import (
     CACHE_DIR_ENV,
     DATASETS,
@@ -33,6 +35,8 @@ __all__ = [
     "dataset_dir",
     "download_dataset",
     "generate_synthetic",
+    "input_checksum",
+    "input_files",
     "load",
     "load_lastfm_2k",
     "load_movielens_100k",

@@ -5,13 +5,16 @@ Layout of what a study records:
 - one experiment per study, holding one parent run (tag `mfstudy.study`), found again on resume
   (:func:`start_study`, :func:`finish_study`);
 - one nested run per trial (`trial-0007`, tag `mlflow.parentRunId`) with per-epoch metrics at
-  step = epoch, ended FINISHED / KILLED (pruned) / FAILED (:class:`TrialRun`); data the server
-  could not take is spooled locally and sent later (:func:`replay_spool`);
+  step = epoch, ended FINISHED / KILLED (pruned) / FAILED (:class:`TrialRun`, opened in the
+  workers by :class:`MlflowTrialLogs`); data the server could not take is spooled locally and
+  sent later (:func:`replay_spool`);
 - on the parent run: config, data statistics, trials table, best trial, figures
   (:func:`log_study_artifacts`);
 - the retrained model as a pyfunc model, registered with alias `champion` when it beats the
   current one (:func:`log_recommender`, :func:`set_champion_if_better`,
-  :func:`load_recommender`).
+  :func:`load_recommender`); the nightly retraining reads the champion and moves the alias by
+  its own decision (:func:`champion_version`, :func:`move_champion`). Callers hold
+  `mfstudy.workdir.champion_lock` around every read-compare-move.
 
 Every function takes the tracking URI as a string and builds its own client: nothing is set
 globally, and everything handed to worker processes is plain ids and strings. Importing this
@@ -42,6 +45,7 @@ if TYPE_CHECKING:
         set_champion_if_better,
     )
     from mfstudy.tracking._recommender import LoadedRecommender
+    from mfstudy.tracking._retrain import ChampionVersion, champion_version, move_champion
     from mfstudy.tracking._study import (
         StudyRun,
         fail_run,
@@ -53,13 +57,16 @@ if TYPE_CHECKING:
     )
     from mfstudy.tracking._transport import FailurePolicy, check_reachable
     from mfstudy.tracking._trial import ReplayReport, TrialEnd, TrialRun, replay_spool
+    from mfstudy.tracking._trial_logs import MlflowTrialLogs
 
 __all__ = [
     "CHAMPION",
+    "ChampionVersion",
     "FailurePolicy",
     "HoldoutMismatchError",
     "LoadedRecommender",
     "LoggedRecommender",
+    "MlflowTrialLogs",
     "RecommenderPyfunc",
     "ReplayReport",
     "StudyRun",
@@ -67,6 +74,7 @@ __all__ = [
     "TrialEnd",
     "TrialRun",
     "UnknownIdError",
+    "champion_version",
     "check_reachable",
     "fail_run",
     "fail_trial_run",
@@ -77,6 +85,7 @@ __all__ = [
     "log_file",
     "log_recommender",
     "log_study_artifacts",
+    "move_champion",
     "read_trial_histories",
     "redact_uri",
     "replay_spool",
@@ -98,6 +107,9 @@ _LAZY = {
     "log_recommender": "_model",
     "set_champion_if_better": "_model",
     "LoadedRecommender": "_recommender",
+    "ChampionVersion": "_retrain",
+    "champion_version": "_retrain",
+    "move_champion": "_retrain",
     "StudyRun": "_study",
     "finish_study": "_study",
     "fail_run": "_study",
@@ -111,6 +123,7 @@ _LAZY = {
     "TrialEnd": "_trial",
     "TrialRun": "_trial",
     "replay_spool": "_trial",
+    "MlflowTrialLogs": "_trial_logs",
 }
 
 

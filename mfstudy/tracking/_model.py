@@ -30,6 +30,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.pyfunc import PythonModel, PythonModelContext
@@ -292,6 +293,24 @@ def _ensure_registered_model(client: MlflowClient, name: str) -> None:
                 raise
 
 
+#: What the registry answers when a model has no champion (no such model, no such alias).
+_NO_CHAMPION = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
+
+
+def _read_champion(client: MlflowClient, name: str) -> ModelVersion | None:
+    """The version alias `champion` of registered model `name` points at, None when there is no
+    such model or alias; any other registry error is a one-line :class:`TrackingError`. The one
+    place the champion is read (:func:`set_champion_if_better`, `champion_version`)."""
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException as exc:
+        if exc.error_code in _NO_CHAMPION:
+            return None
+        raise TrackingError(
+            f"could not read the champion of model {name!r}: {short_reason(exc)}"
+        ) from exc
+
+
 def set_champion_if_better(
     uri: str,
     name: str,
@@ -306,7 +325,8 @@ def set_champion_if_better(
     compared with later. Scores measured on different holdouts are not comparable: if both the
     champion and the candidate name a holdout and they differ, a :class:`TrackingError` asks
     for the champion to be re-scored rather than guessing. A champion without a score tag
-    loses (it cannot be shown to be better). Returns whether the alias moved.
+    loses (it cannot be shown to be better). Returns whether the alias moved. Read, compare and
+    move are separate registry calls: callers serialise them (`mfstudy.workdir.champion_lock`).
     """
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     version = str(version)
@@ -314,12 +334,7 @@ def set_champion_if_better(
         client.set_model_version_tag(name, version, SCORE_TAG, repr(float(score)))
         if holdout is not None:
             client.set_model_version_tag(name, version, HOLDOUT_TAG, str(holdout))
-        try:
-            champ = client.get_model_version_by_alias(name, CHAMPION)
-        except MlflowException as exc:
-            if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-                raise
-            champ = None
+        champ = _read_champion(client, name)
         if champ is not None and str(champ.version) == version:
             return True
         if champ is not None:

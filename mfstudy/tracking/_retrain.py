@@ -18,7 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
 from mfstudy.tracking._errors import TrackingError
-from mfstudy.tracking._model import CHAMPION
+from mfstudy.tracking._model import CHAMPION, _read_champion
 from mfstudy.tracking._params import clip_param_key, clip_param_value
 from mfstudy.tracking._study import ROLE_TAG, STUDY_TAG, _experiment_id
 from mfstudy.tracking._transport import check_reachable, short_reason
@@ -49,15 +49,9 @@ class ChampionVersion:
 def champion_version(uri: str, name: str) -> ChampionVersion | None:
     """The version alias `champion` of registered model `name` points at, or None."""
     check_reachable(uri)
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    try:
-        mv = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-            return None
-        raise TrackingError(
-            f"could not read the champion of model {name!r}: {short_reason(exc)}"
-        ) from exc
+    mv = _read_champion(MlflowClient(tracking_uri=uri, registry_uri=uri), name)
+    if mv is None:
+        return None
     return ChampionVersion(name, str(mv.version), mv.run_id, dict(mv.tags))
 
 
@@ -90,7 +84,8 @@ def tag_version(uri: str, name: str, version: str, tags: dict[str, Any]) -> None
 
 
 def move_champion(uri: str, name: str, version: str) -> None:
-    """Point alias `champion` at `version` (the caller has decided)."""
+    """Point alias `champion` at `version` (the caller has decided, holding
+    `mfstudy.workdir.champion_lock` since it read the champion)."""
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
         client.set_registered_model_alias(name, CHAMPION, version)

@@ -44,12 +44,9 @@ from mfstudy.tuning._worker import (
     TrialLog,
     TrialOutcome,
     build_model,
-    file_lock,
-    limit_threads,
     load_study,
     reserve_trial,
     run_trial,
-    study_lock,
 )
 
 __all__ = [
@@ -76,11 +73,9 @@ __all__ = [
     "drive_trials",
     "fail_stale_trials",
     "fail_worker_trial",
-    "file_lock",
     "find_study",
     "grid_size",
     "grid_space",
-    "limit_threads",
     "load_study",
     "local_trials",
     "make_pruner",
@@ -94,7 +89,6 @@ __all__ = [
     "run_one",
     "run_trial",
     "storage_spec",
-    "study_lock",
     "suggest",
     "threads_per_worker",
     "trials_table",

@@ -36,15 +36,8 @@ import optuna
 from mfstudy.prepare import Prepared, read_prepared
 from mfstudy.tuning._executors import TrialExecutor, TrialProcesses, WorkerDied
 from mfstudy.tuning._study import _poll_study, fail_worker_trial, quiet
-from mfstudy.tuning._worker import (
-    TrialContext,
-    TrialOutcome,
-    limit_threads,
-    load_study,
-    reserve_trial,
-    run_trial,
-    study_lock,
-)
+from mfstudy.tuning._worker import TrialContext, TrialOutcome, load_study, reserve_trial, run_trial
+from mfstudy.workdir import study_lock
 
 __all__ = [
     "LocalLanes",
@@ -88,18 +81,15 @@ def _prepared(ctx: TrialContext) -> Prepared:
 
 def one_trial(ctx: TrialContext) -> TrialOutcome | None:
     """Reserve one trial of the study (under the budget lock) and run it; None when the budget
-    is used up or the deadline passed. Threads are capped for the call."""
+    is used up or the deadline passed. The trial's fit, evaluation included, runs under its
+    thread cap (`run_trial`)."""
     quiet()
     prepared = _prepared(ctx)
     study = load_study(ctx)
     trial = reserve_trial(study, ctx)
     if trial is None:
         return None
-    handle = limit_threads(ctx.threads)
-    try:
-        return run_trial(trial, study, prepared, ctx)
-    finally:
-        del handle
+    return run_trial(trial, study, prepared, ctx)
 
 
 class _Logs(Protocol):

@@ -34,7 +34,8 @@ from multiprocessing.process import BaseProcess
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
-from mfstudy.tuning._worker import limit_threads, worker_token
+from mfstudy.threads import limit_threads
+from mfstudy.tuning._worker import worker_token
 
 __all__ = [
     "InProcessTrials",

@@ -21,9 +21,9 @@ from mfstudy.tuning._worker import (
     FailsCrashedTrials,
     TrialContext,
     finished_count,
-    reservation_lock,
     token_alive,
 )
+from mfstudy.workdir import reservation_lock
 
 log = logging.getLogger("mfstudy.tuning")
 

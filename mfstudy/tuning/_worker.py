@@ -13,7 +13,6 @@ import os
 import socket
 import traceback
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -21,26 +20,23 @@ from typing import Any, Protocol, runtime_checkable
 import optuna
 from optuna.trial import TrialState
 
-from mfstudy._fs import file_lock
 from mfstudy.config import StudyConfig
 from mfstudy.evaluation import evaluate_model
 from mfstudy.models import DivergedError, Recommender, model_class
 from mfstudy.prepare import Prepared
-from mfstudy.secrets import resolve_env
-from mfstudy.tuning._factories import is_url, make_pruner, make_sampler, make_storage
+from mfstudy.threads import fit_capped
+from mfstudy.tuning._factories import make_pruner, make_sampler, make_storage
 from mfstudy.tuning._space import suggest
+from mfstudy.workdir import reservation_lock
 
 __all__ = [
     "TrialContext",
     "TrialLog",
     "TrialOutcome",
     "build_model",
-    "file_lock",
     "finished_count",
     "load_study",
-    "reservation_lock",
     "run_trial",
-    "study_lock",
 ]
 
 log = logging.getLogger("mfstudy.tuning")
@@ -129,33 +125,6 @@ def finished_count(study: optuna.Study, running: bool = False) -> int:
         elif t.state == TrialState.FAIL and CRASHED_ATTR not in t.user_attrs:
             n += 1
     return n
-
-
-def study_lock(cfg: StudyConfig, shared: bool = False) -> AbstractContextManager[None]:
-    """The lock of a study's working folder, `<workdir>/<name>/study.lock`.
-
-    Held exclusively while a process opens the study (rewrites the prepared data, creates or
-    finds the parent run, fails crashed trials, replays the tracking spool) and while it
-    replays the spool or moves the champion alias at the end; held shared while a worker reads
-    the prepared data, so it never sees the folder being swapped. Studies started at the same
-    time on one machine would otherwise race: two parent runs, spooled runs sent twice.
-    """
-    return file_lock(cfg.workdir.resolve() / cfg.name / "study.lock", shared=shared)
-
-
-def reservation_lock(cfg: StudyConfig, storage: str) -> AbstractContextManager[None]:
-    """The lock under which a worker counts the trials and asks for a new one."""
-    # Counting the trials and asking for a new one must be one step, or two workers seeing
-    # n_trials - 1 finished trials would both start one. A journal lives on a file system all
-    # its workers share, so an flock beside it serialises them; for an RDB URL, workers on one
-    # machine share a lock in the working folder (across machines a trial may overshoot by at
-    # most the number of machines minus one).
-    storage = resolve_env(storage, "study.storage")  # a variable may hold a whole URL
-    if is_url(storage):
-        lock_path = cfg.workdir.resolve() / cfg.name / "reserve.lock"
-    else:
-        lock_path = Path(storage + ".reserve.lock")
-    return file_lock(lock_path)
 
 
 def worker_token() -> str:
@@ -271,7 +240,7 @@ def run_trial(
         raise ValueError(f"study.metric {cfg.metric!r} is not logged for {family} models")
     state, error = "complete", None
     try:
-        model.fit(prepared.train, callback=on_epoch)
+        fit_capped(model, prepared.train, ctx.threads, callback=on_epoch)
         if best.value is None:
             raise DivergedError("no finite evaluation")
     except optuna.TrialPruned:
@@ -307,21 +276,3 @@ def metric_keys(cfg: StudyConfig, family: str) -> set[str]:
     if family in EXPLICIT_FAMILIES:
         keys |= {"train_rmse", "test_rmse"}
     return keys
-
-
-# ----------------------------------------------------------------------------- worker loop
-
-
-def limit_threads(threads: int) -> Any:
-    """Cap BLAS, OpenMP and numba threads for this process; returns the threadpoolctl handle
-    (keep it alive). Parallel trials on 2 cores with 2 threads each would oversubscribe."""
-    from threadpoolctl import threadpool_limits
-
-    handle = threadpool_limits(limits=threads)
-    try:
-        import numba
-
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    except ImportError:  # pragma: no cover - numba is a dependency
-        pass
-    return handle

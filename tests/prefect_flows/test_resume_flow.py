@@ -20,8 +20,8 @@ from test_resume import SETS
 from helpers import journal_study
 from mfstudy.config import SyntheticSource, load_config
 from mfstudy.data import generate_synthetic
-from mfstudy.prepare import prepare
-from mfstudy.study import data_fingerprint, run_study
+from mfstudy.prepare import data_fingerprint, prepare
+from mfstudy.study import run_study
 from mfstudy.tuning import make_storage
 
 

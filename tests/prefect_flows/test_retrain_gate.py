@@ -12,12 +12,15 @@ gate with one line (also for a champion registered before data cards were stored
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from helpers import lock_held
+from mfstudy import tracking
 from mfstudy.config import StudyConfig, SyntheticSource, load_config
 from mfstudy.data import generate_synthetic
 from mfstudy.errors import RetrainGateError
@@ -182,6 +185,36 @@ def test_retraining_moves_the_champion_only_when_not_worse(
         f"diff CI [{good.comparison['difference_low']:.4f}, "
         f"{good.comparison['difference_high']:.4f}] p={good.comparison['p_value']:.3g}"
     )
+
+
+def test_retraining_reads_and_moves_the_champion_holding_the_champion_lock(
+    tmp_path: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read, compare and move are one step: the model's champion lock (`mfstudy.workdir`)
+    is held from reading the champion to moving the alias, as a study's registration holds it."""
+    base, grown, _ = _frames()
+    path = tmp_path / "interactions.csv"
+    base.to_csv(path, index=False)
+    cfg = _cfg(path, tmp_path, tracking_uri, ["name=gate-lock", "retrain.tolerance=0.5"])
+    assert run_study(cfg).promoted
+    lock = cfg.workdir.resolve() / "registry" / "gate-lock.lock"
+    seen: list[tuple[str, bool]] = []
+    for fn in ("champion_version", "move_champion"):
+        real = getattr(tracking, fn)
+
+        def spy(*args: Any, _real: Any = real, _fn: str = fn, **kwargs: Any) -> Any:
+            seen.append((_fn, lock_held(lock)))
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(tracking, fn, spy)
+
+    grown.to_csv(path, index=False)
+    result = retrain_champion(cfg, prepare(cfg), threads=2)
+    assert result is not None and result.decision == "promoted", result
+    assert seen == [("champion_version", True), ("move_champion", True)]
+    assert not lock_held(lock)
+    client = MlflowClient(tracking_uri)
+    assert client.get_model_version_by_alias("gate-lock", "champion").version == result.new_version
 
 
 def _versions(client: MlflowClient, name: str) -> int:

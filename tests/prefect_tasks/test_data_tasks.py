@@ -9,8 +9,7 @@ import numpy as np
 import pandas as pd
 
 from mfstudy.config import load_config
-from mfstudy.prepare import ingest, prepare, split_stage, threshold_stage
-from mfstudy.study import holdout_fingerprint
+from mfstudy.prepare import holdout_fingerprint, ingest, prepare, split_stage, threshold_stage
 from tasks.data import data_cache_key
 
 

@@ -26,8 +26,10 @@ from mfstudy.tracking import (
     StudyRun,
     TrackingError,
     UnknownIdError,
+    champion_version,
     load_recommender,
     log_recommender,
+    move_champion,
     set_champion_if_better,
     start_study,
 )
@@ -236,6 +238,28 @@ def test_champion_moves_only_when_the_score_is_better(
     with pytest.raises(TrackingError, match="not comparable"):
         set_champion_if_better(tracking_uri, name, v2, 0.9, holdout="other")
     assert champion() == v4
+
+
+def test_the_champion_is_read_one_way_by_both_paths(
+    tracking_uri: str, logged: LoggedRecommender
+) -> None:
+    """No model and no alias read as "no champion" for the study's comparison and the nightly's
+    reader alike (one reader in tracking); the nightly's explicit move is what both read."""
+    name = "mfstudy-test-champion-reader"
+    assert champion_version(tracking_uri, "mfstudy-test-no-such-model") is None
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    client.create_registered_model(name)
+    v1, v2 = (
+        str(client.create_model_version(name, logged.model_uri, model_id=logged.model_id).version)
+        for _ in range(2)
+    )
+    assert champion_version(tracking_uri, name) is None  # a model without the alias
+    assert set_champion_if_better(tracking_uri, name, v1, 0.3, holdout="h")
+    champ = champion_version(tracking_uri, name)
+    assert champ is not None and champ.version == v1 and champ.tags["mfstudy.score"] == "0.3"
+    move_champion(tracking_uri, name, v2)  # the nightly's decision, not a comparison
+    champ = champion_version(tracking_uri, name)
+    assert champ is not None and champ.version == v2 and champ.uri == f"models:/{name}/{v2}"
 
 
 def test_logged_model_is_linked_to_the_run(

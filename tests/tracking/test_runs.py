@@ -286,7 +286,7 @@ def posts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def test_short_trial_costs_three_requests(
     tracking_uri: str, study: StudyRun, posts: list[str], tmp_path: Path
 ) -> None:
-    from mfstudy.study import MlflowTrialLogs
+    from mfstudy.tracking import MlflowTrialLogs
 
     # Opened as a study opens trial runs: created at the first flush (time-based) or the end.
     logs = MlflowTrialLogs(tracking_uri, study.experiment_id, study.run_id, tmp_path, 600.0)
