@@ -12,10 +12,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 def journal_study(journal: Path, name: str) -> Any:
     """The Optuna study `name` in a journal file, opened as the workers open it
-    (`mfstudy.tuning.make_storage`, with its flock)."""
+    (`mfstudy.tuning._factories.make_storage`, with its flock)."""
     import optuna
 
-    from mfstudy.tuning import make_storage
+    from mfstudy.tuning._factories import make_storage
 
     return optuna.load_study(study_name=name, storage=make_storage(str(journal)))
 

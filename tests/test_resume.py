@@ -28,7 +28,7 @@ from mfstudy.data import generate_synthetic
 from mfstudy.errors import StudyError
 from mfstudy.prepare import data_fingerprint, holdout_fingerprint, prepare
 from mfstudy.study import run_study
-from mfstudy.tuning import make_storage
+from mfstudy.tuning._factories import make_storage
 
 EXE = str(Path(sys.executable).with_name("mfstudy"))
 

@@ -16,7 +16,7 @@ import pytest
 from mfstudy.config import load_config
 from mfstudy.errors import ConfigError
 from mfstudy.secrets import public_config, redact_uri, resolve_env, scrub
-from mfstudy.tuning import make_storage
+from mfstudy.tuning._factories import make_storage
 
 
 @pytest.mark.parametrize(

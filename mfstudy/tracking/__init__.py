@@ -30,97 +30,63 @@ from mfstudy.tracking._errors import HoldoutMismatchError, TrackingError, Unknow
 from mfstudy.tracking._uri import redact_uri, tracking_uri_for
 
 if TYPE_CHECKING:
-    from mfstudy.tracking._artifacts import (
-        learning_curve_figure,
-        log_study_artifacts,
-        read_trial_histories,
-        trial_traces_figure,
-    )
+    from mfstudy.tracking._artifacts import log_study_artifacts
     from mfstudy.tracking._model import (
-        CHAMPION,
-        LoggedRecommender,
-        RecommenderPyfunc,
         load_recommender,
         log_recommender,
         set_champion_if_better,
     )
     from mfstudy.tracking._recommender import LoadedRecommender
-    from mfstudy.tracking._retrain import ChampionVersion, champion_version, move_champion
+    from mfstudy.tracking._retrain import champion_version, move_champion
     from mfstudy.tracking._study import (
-        StudyRun,
-        fail_run,
         fail_trial_run,
         find_study_run,
         finish_study,
         log_file,
         start_study,
     )
-    from mfstudy.tracking._transport import FailurePolicy, check_reachable
-    from mfstudy.tracking._trial import ReplayReport, TrialEnd, TrialRun, replay_spool
+    from mfstudy.tracking._transport import check_reachable
+    from mfstudy.tracking._trial import TrialRun, replay_spool
     from mfstudy.tracking._trial_logs import MlflowTrialLogs
 
 __all__ = [
-    "CHAMPION",
-    "ChampionVersion",
-    "FailurePolicy",
     "HoldoutMismatchError",
     "LoadedRecommender",
-    "LoggedRecommender",
     "MlflowTrialLogs",
-    "RecommenderPyfunc",
-    "ReplayReport",
-    "StudyRun",
     "TrackingError",
-    "TrialEnd",
     "TrialRun",
     "UnknownIdError",
     "champion_version",
     "check_reachable",
-    "fail_run",
     "fail_trial_run",
     "find_study_run",
     "finish_study",
-    "learning_curve_figure",
     "load_recommender",
     "log_file",
     "log_recommender",
     "log_study_artifacts",
     "move_champion",
-    "read_trial_histories",
     "redact_uri",
     "replay_spool",
     "set_champion_if_better",
     "start_study",
     "tracking_uri_for",
-    "trial_traces_figure",
 ]
 
 _LAZY = {
-    "learning_curve_figure": "_artifacts",
     "log_study_artifacts": "_artifacts",
-    "read_trial_histories": "_artifacts",
-    "trial_traces_figure": "_artifacts",
-    "CHAMPION": "_model",
-    "LoggedRecommender": "_model",
-    "RecommenderPyfunc": "_model",
     "load_recommender": "_model",
     "log_recommender": "_model",
     "set_champion_if_better": "_model",
     "LoadedRecommender": "_recommender",
-    "ChampionVersion": "_retrain",
     "champion_version": "_retrain",
     "move_champion": "_retrain",
-    "StudyRun": "_study",
     "finish_study": "_study",
-    "fail_run": "_study",
     "fail_trial_run": "_study",
     "find_study_run": "_study",
     "log_file": "_study",
     "start_study": "_study",
-    "FailurePolicy": "_transport",
     "check_reachable": "_transport",
-    "ReplayReport": "_trial",
-    "TrialEnd": "_trial",
     "TrialRun": "_trial",
     "replay_spool": "_trial",
     "MlflowTrialLogs": "_trial_logs",

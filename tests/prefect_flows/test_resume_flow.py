@@ -22,7 +22,7 @@ from mfstudy.config import SyntheticSource, load_config
 from mfstudy.data import generate_synthetic
 from mfstudy.prepare import data_fingerprint, prepare
 from mfstudy.study import run_study
-from mfstudy.tuning import make_storage
+from mfstudy.tuning._factories import make_storage
 
 
 def _overrides(csv: Path, workdir: Path, uri: str) -> list[str]:

@@ -21,9 +21,6 @@ from mlflow import MlflowClient
 import mfstudy.models
 from mfstudy.models import Callback, Recommender
 from mfstudy.tracking import (
-    CHAMPION,
-    LoggedRecommender,
-    StudyRun,
     TrackingError,
     UnknownIdError,
     champion_version,
@@ -33,6 +30,8 @@ from mfstudy.tracking import (
     set_champion_if_better,
     start_study,
 )
+from mfstudy.tracking._model import CHAMPION, LoggedRecommender
+from mfstudy.tracking._study import StudyRun
 
 pytestmark = pytest.mark.slow
 

@@ -13,16 +13,16 @@ import pytest
 from mlflow import MlflowClient
 
 from mfstudy.tracking import (
-    StudyRun,
     TrackingError,
     TrialRun,
     check_reachable,
     finish_study,
     log_study_artifacts,
-    read_trial_histories,
     replay_spool,
     start_study,
 )
+from mfstudy.tracking._artifacts import read_trial_histories
+from mfstudy.tracking._study import StudyRun
 
 pytestmark = pytest.mark.slow
 

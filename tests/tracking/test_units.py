@@ -233,7 +233,8 @@ def test_default_sqlite_store_keeps_runs_and_artifacts_under_the_root(
     # The no-server default: a SQLite file, used directly by every worker process.
     from mlflow import MlflowClient
 
-    from mfstudy.tracking import check_reachable, read_trial_histories, start_study
+    from mfstudy.tracking import check_reachable, start_study
+    from mfstudy.tracking._artifacts import read_trial_histories
 
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()

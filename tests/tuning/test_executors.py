@@ -14,7 +14,8 @@ from pathlib import Path
 import pool_targets as targets
 import pytest
 
-from mfstudy.tuning import InProcessTrials, TrialProcesses, WorkerDied, local_trials
+from mfstudy.tuning import WorkerDied, local_trials
+from mfstudy.tuning._executors import InProcessTrials, TrialProcesses
 
 
 def test_local_trials_picks_in_process_for_one_worker() -> None:

@@ -10,8 +10,9 @@ import pytest
 from helpers import REPO
 from mfstudy.config import load_config
 from mfstudy.errors import ConfigError
-from mfstudy.tuning import check_space, grid_size, grid_space, suggest
+from mfstudy.tuning import check_space, suggest
 from mfstudy.tuning._factories import BudgetGridSampler
+from mfstudy.tuning._space import grid_size, grid_space
 
 BLOG_GRID = {
     "factors": [10, 20, 40, 80, 120],
