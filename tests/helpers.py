@@ -1,12 +1,44 @@
-"""Helpers shared by tests (importable because pytest puts `tests/` on the path)."""
+"""Helpers shared by tests (importable because pytest puts `tests/` on the path).
+
+Real servers (MLflow, Prefect) and the process-group helpers are in `servers.py`, which the
+benchmarks use too.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+
+#: The installed `mfstudy` console script, as a user runs it.
+EXE = str(Path(sys.executable).with_name("mfstudy"))
+
+
+def tiny_data(
+    users: int = 300,
+    items: int = 150,
+    interactions: int = 8_000,
+    *,
+    pruner: str | None = None,
+    threads_per_worker: int | None = None,
+) -> list[str]:
+    """Config overrides (`key=value`) for small synthetic data, so that a trial takes about a
+    second; optionally the pruner kind and the threads per trial worker too."""
+    sets = [f"data.n_users={users}", f"data.n_items={items}", f"data.n_interactions={interactions}"]
+    if pruner is not None:
+        sets.append(f"study.pruner.kind={pruner}")
+    if threads_per_worker is not None:
+        sets.append(f"study.threads_per_worker={threads_per_worker}")
+    return sets
+
+
+def cli_sets(overrides: Iterable[str]) -> list[str]:
+    """The `mfstudy` arguments for config overrides: `--set` before each."""
+    return [arg for override in overrides for arg in ("--set", override)]
 
 
 def journal_study(journal: Path, name: str) -> Any:

@@ -23,7 +23,6 @@ import io
 import os
 import shutil
 import subprocess
-import sys
 import threading
 import zipfile
 from collections.abc import Callable, Iterator
@@ -34,14 +33,11 @@ import pandas as pd
 import pytest
 from servers import free_port
 
-from helpers import shared_data_dir
-
-EXE = str(Path(sys.executable).with_name("mfstudy"))
+from helpers import EXE, cli_sets, shared_data_dir, tiny_data
 
 # Tiny synthetic data and one trial for `study`: should a check not fire, the study ends in
 # seconds and the test fails on its exit code instead of training for minutes.
-TINY = ["--set", "data.n_users=300", "--set", "data.n_items=150", "--set",
-        "data.n_interactions=8000"]  # fmt: skip
+TINY = cli_sets(tiny_data())
 
 
 @dataclass(frozen=True)

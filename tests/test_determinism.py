@@ -18,7 +18,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +25,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from helpers import REPO, journal_study
+from helpers import EXE, REPO, cli_sets, journal_study, tiny_data
 
-EXE = str(Path(sys.executable).with_name("mfstudy"))
-
-TINY = ["--set", "data.n_users=300", "--set", "data.n_items=150", "--set",
-        "data.n_interactions=8000"]  # fmt: skip
+TINY = cli_sets(tiny_data())
 ML100K = ["--set", "data.source=movielens-100k", "--set", "split.kind=new_users"]
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,19 +24,13 @@ from mlflow.entities import Run
 from optuna.trial import FrozenTrial, TrialState
 from servers import MlflowServer
 
-from helpers import journal_study
+from helpers import EXE, cli_sets, journal_study, tiny_data
 
 pytestmark = pytest.mark.slow
 
-EXE = str(Path(sys.executable).with_name("mfstudy"))
-
 #: Tiny synthetic data and a WRMF space whose trials take a second or two each on one thread.
 SMALL = [
-    "data.n_users=400",
-    "data.n_items=200",
-    "data.n_interactions=12000",
-    "study.pruner.kind=none",
-    "study.threads_per_worker=1",
+    *tiny_data(400, 200, 12_000, pruner="none", threads_per_worker=1),
     "search_space={wrmf: {factors: {type: int, low: 8, high: 32},"
     " regularization: {type: float, low: 0.01, high: 10, log: true}, iterations: ITER}}",
 ]
@@ -64,10 +57,8 @@ class Study:
             *([f"tracking.uri={self.uri}"] if self.uri else []),  # "": the default store
             *self.extra,
         ]
-        args = [EXE, "study", "--n-trials", str(self.n_trials), "--workers", str(self.workers)]
-        for s in sets:
-            args += ["--set", s]
-        return args
+        counts = ["--n-trials", str(self.n_trials), "--workers", str(self.workers)]
+        return [EXE, "study", *counts, *cli_sets(sets)]
 
     @property
     def journal(self) -> Path:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +21,13 @@ import pytest
 from mlflow import MlflowClient
 from servers import MlflowServer
 
-from helpers import journal_study
+from helpers import EXE, cli_sets, journal_study, tiny_data
 from mfstudy.config import StudyConfig, SyntheticSource, load_config
 from mfstudy.data import generate_synthetic
 from mfstudy.errors import StudyError
 from mfstudy.prepare import prepare
 from mfstudy.study import data_fingerprint, holdout_fingerprint, run_study
 from mfstudy.tuning import make_storage
-
-EXE = str(Path(sys.executable).with_name("mfstudy"))
 
 #: Small planted-preference data, k-core thresholded, and a one-parameter WRMF space whose
 #: trials take about a second.
@@ -70,9 +67,7 @@ def _cfg(sets: list[str]) -> StudyConfig:
 
 
 def _cli(sets: list[str], n_trials: int, cwd: Path) -> subprocess.CompletedProcess[str]:
-    args = [EXE, "study", "--n-trials", str(n_trials)]
-    for s in sets:
-        args += ["--set", s]
+    args = [EXE, "study", "--n-trials", str(n_trials), *cli_sets(sets)]
     return subprocess.run(args, capture_output=True, text=True, cwd=cwd, timeout=600)
 
 
@@ -309,11 +304,8 @@ def test_enqueued_trials_do_not_count_as_trials_run(tmp_path: Path) -> None:
         None,
         [
             f"workdir={tmp_path / 'runs'}",
-            "data.n_users=300",
-            "data.n_items=150",
-            "data.n_interactions=8000",
+            *tiny_data(pruner="none"),
             "study.n_trials=1",
-            "study.pruner.kind=none",
             "search_space={wrmf: {factors: {type: int, low: 4, high: 16}, iterations: 3}}",
         ],
     )

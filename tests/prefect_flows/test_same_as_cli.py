@@ -5,14 +5,13 @@ per-epoch curve, the best trial, the retrained model's score and the registratio
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from mlflow import MlflowClient
 
-from helpers import journal_study
+from helpers import EXE, journal_study, tiny_data
 
 GRID = (
     "search_space={wrmf: {factors: {type: categorical, choices: [4, 12]}, "
@@ -25,9 +24,7 @@ def _overrides(workdir: Path, uri: str | None) -> list[str]:
     return [
         *tracking,
         "name=it-same",
-        "data.n_users=400",
-        "data.n_items=200",
-        "data.n_interactions=12000",
+        *tiny_data(400, 200, 12_000),
         f"workdir={workdir}",
         "study.sampler.kind=grid",
         "study.pruner.kind=none",
@@ -59,9 +56,8 @@ def test_cli_and_flow_run_the_same_study(
     # tracking server: both register version 1 of `it-same`.
     cli_dir = tmp_path / "cli"
     args = [a for o in _overrides(cli_dir, None) for a in ("--set", o)]
-    exe = str(Path(sys.executable).with_name("mfstudy"))
     res = subprocess.run(
-        [exe, "study", "--n-trials", "4", "--workers", "1", *args],
+        [EXE, "study", "--n-trials", "4", "--workers", "1", *args],
         cwd=tmp_path,
         capture_output=True,
         text=True,
