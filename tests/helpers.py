@@ -6,9 +6,13 @@ benchmarks use too.
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
 import sys
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +43,26 @@ def tiny_data(
 def cli_sets(overrides: Iterable[str]) -> list[str]:
     """The `mfstudy` arguments for config overrides: `--set` before each."""
     return [arg for override in overrides for arg in ("--set", override)]
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def serve_folder(root: Path) -> Iterator[str]:
+    """Serve `root` over HTTP on 127.0.0.1 (a free port, its own thread); yields the base URL."""
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
 
 
 def journal_study(journal: Path, name: str) -> Any:
