@@ -15,8 +15,6 @@ with the time it was written.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from servers import stop_group
 
 from helpers import EXE, REPO, cli_sets, journal_study, tiny_data
 
@@ -59,12 +58,7 @@ def _run_together(args: list[str], folders: list[Path]) -> None:
             assert p.returncode == 0, err
     finally:
         for p in procs:
-            if p.poll() is None:
-                try:
-                    os.killpg(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                p.wait(timeout=30)
+            stop_group(p, term_wait=0)
 
 
 # --------------------------------------------------------------------------- prepare

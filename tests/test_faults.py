@@ -22,7 +22,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from optuna.trial import FrozenTrial, TrialState
-from servers import MlflowServer
+from servers import MlflowServer, stop_group
 
 from helpers import EXE, cli_sets, journal_study, tiny_data
 
@@ -83,18 +83,6 @@ class Proc:
         return self.err.read_text(errors="replace")
 
 
-def _kill_group(popen: subprocess.Popen[bytes]) -> None:
-    """SIGKILL the process group `popen` leads (its spawned workers included) and reap it."""
-    try:
-        os.killpg(popen.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    try:
-        popen.wait(timeout=30)
-    except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored
-        pass
-
-
 @pytest.fixture
 def spawn(tmp_path: Path) -> Iterator[Callable[[Study, str], Proc]]:
     """Start `mfstudy study` processes, each leading its own process group; all are killed
@@ -115,7 +103,7 @@ def spawn(tmp_path: Path) -> Iterator[Callable[[Study, str], Proc]]:
         yield start
     finally:
         for proc in started:
-            _kill_group(proc.popen)
+            stop_group(proc.popen, term_wait=0)
 
 
 @pytest.fixture
@@ -242,8 +230,8 @@ def test_kill_9_mid_study_then_resume_keeps_results_and_reruns_the_lost_trials(
         [first],
     )
     # kill -9 the whole group: the main process and its spawned trial workers, mid-trial.
-    os.killpg(first.popen.pid, signal.SIGKILL)
-    assert first.wait(timeout=30) == -signal.SIGKILL
+    stop_group(first.popen, term_wait=0)
+    assert first.popen.returncode == -signal.SIGKILL
     before = _trials(study)
     done_before = {t.number: (t.params, t.value) for t in before if t.state.is_finished()}
     running_before = [t.number for t in _by_state(before, TrialState.RUNNING)]
@@ -384,7 +372,7 @@ def test_tracking_server_lost_mid_study_then_back_delivers_the_spool_and_registe
         [first],
     )
     assert own_server.proc is not None
-    os.killpg(own_server.proc.pid, signal.SIGKILL)
+    stop_group(own_server.proc, term_wait=0)
     own_server.stop()  # reaps the group and waits until the port is free
 
     assert first.wait(timeout=120) == 2, first.stderr
