@@ -1,9 +1,10 @@
-"""Shared fixtures: where the real datasets live, and a guard against the network."""
+"""Shared fixtures: where the real datasets live, a guard against the network, and real MLflow
+servers (one for the session, others a test starts for itself)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,24 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
 @pytest.fixture(scope="session")
 def tracking_uri(mlflow_server: MlflowServer) -> str:
     return mlflow_server.uri
+
+
+@pytest.fixture
+def new_mlflow_server() -> Iterator[Callable[..., MlflowServer]]:
+    """Start MLflow servers only this test uses (one it may kill, or a short-lived one on the
+    session server's store): `new_mlflow_server(root)`, all stopped after the test. With
+    `wait=False` the server is only launched (`.wait_healthy()` later), so it boots while the
+    test does something else."""
+    started: list[MlflowServer] = []
+
+    def start(root: Path, *, wait: bool = True) -> MlflowServer:
+        server = MlflowServer(root)
+        started.append(server)
+        return server.start() if wait else server.launch()
+
+    yield start
+    for server in started:
+        server.stop()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -106,16 +106,6 @@ def spawn(tmp_path: Path) -> Iterator[Callable[[Study, str], Proc]]:
             stop_group(proc.popen, term_wait=0)
 
 
-@pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[MlflowServer]:
-    """A tracking server only this test uses (its log is this test's alone; it may be killed)."""
-    server = MlflowServer(tmp_path / "mlflow-server")
-    try:
-        yield server.start()
-    finally:
-        server.stop()
-
-
 # ----------------------------------------------------------------------------- reading back
 
 
@@ -358,12 +348,16 @@ def test_four_first_starts_on_an_empty_workdir_create_one_default_store(
 
 
 def test_tracking_server_lost_mid_study_then_back_delivers_the_spool_and_registers(
-    tmp_path: Path, own_server: MlflowServer, spawn: Callable[[Study, str], Proc]
+    tmp_path: Path,
+    new_mlflow_server: Callable[..., MlflowServer],
+    spawn: Callable[[Study, str], Proc],
 ) -> None:
     """The server dies (SIGKILL to its group) after the first trial: the trials still all
     finish, their tracking is spooled, and closing fails at once with one line naming the
     spool and nothing registered. Back on the same port and database, re-running the same
     command sends the spool (every epoch of every trial, once) and registers the model."""
+    # Only this test uses it: its log is this test's alone, and it may be killed.
+    own_server = new_mlflow_server(tmp_path / "mlflow-server")
     study = Study(tmp_path / "runs", "fault-outage", own_server.uri, n_trials=4, workers=1)
     first = spawn(study, "first")
     _wait_for(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -196,43 +197,40 @@ def test_grown_data_goes_to_a_new_study_and_same_data_resumes(
 
 
 def test_a_study_repointed_at_another_server_refuses_and_names_both(
-    tmp_path: Path, tracking_uri: str
+    tmp_path: Path, tracking_uri: str, new_mlflow_server: Callable[..., MlflowServer]
 ) -> None:
-    other = MlflowServer(tmp_path / "other").launch()  # boots while the study runs
-    try:
-        base, _ = _frames()
-        csv, work, name = tmp_path / "likes.csv", tmp_path / "runs", "resume-repoint"
-        base.to_csv(csv, index=False)
-        # Credentials in the URI (the server ignores them) must never be stored or printed.
-        port = tracking_uri.rsplit(":", 1)[1]
-        secret_uri = f"http://alice:s3cret@127.0.0.1:{port}"
-        _ok(_cli(_sets(csv, work, name, secret_uri), 2, tmp_path))
-        journal = work / name / "optuna.journal"
-        assert journal_study(journal, name).user_attrs["mfstudy.tracking"] == tracking_uri
-        assert b"s3cret" not in journal.read_bytes()
-        client = MlflowClient(tracking_uri)
-        assert _parents(client, name)[name].data.params["tracking.uri"] == tracking_uri
-        versions = len(_versions(client, name))
+    other = new_mlflow_server(tmp_path / "other", wait=False)  # boots while the study runs
+    base, _ = _frames()
+    csv, work, name = tmp_path / "likes.csv", tmp_path / "runs", "resume-repoint"
+    base.to_csv(csv, index=False)
+    # Credentials in the URI (the server ignores them) must never be stored or printed.
+    port = tracking_uri.rsplit(":", 1)[1]
+    secret_uri = f"http://alice:s3cret@127.0.0.1:{port}"
+    _ok(_cli(_sets(csv, work, name, secret_uri), 2, tmp_path))
+    journal = work / name / "optuna.journal"
+    assert journal_study(journal, name).user_attrs["mfstudy.tracking"] == tracking_uri
+    assert b"s3cret" not in journal.read_bytes()
+    client = MlflowClient(tracking_uri)
+    assert _parents(client, name)[name].data.params["tracking.uri"] == tracking_uri
+    versions = len(_versions(client, name))
 
-        other.wait_healthy()
-        other_uri = f"http://bob:hunter2@127.0.0.1:{other.port}"
-        journal_bytes = journal.read_bytes()
-        refused = _cli(_sets(csv, work, name, other_uri), 2, tmp_path)
-        assert refused.returncode == 2, refused.stderr
-        [line] = refused.stderr.strip().splitlines()
-        assert line.startswith(f"mfstudy: error: study '{name}' logged its 2 trial(s) to ")
-        assert tracking_uri in line and other.uri in line
-        assert "set tracking.uri back to" in line and "--set name=" in line
-        assert "s3cret" not in line and "hunter2" not in line
-        assert journal.read_bytes() == journal_bytes
-        # No empty parent run and no model on the new server; nothing new on the old one.
-        fresh = MlflowClient(other.uri)
-        assert fresh.get_experiment_by_name(name) is None
-        assert fresh.search_registered_models() == []
-        assert list(_parents(client, name)) == [name]
-        assert len(_versions(client, name)) == versions
-    finally:
-        other.stop()
+    other.wait_healthy()
+    other_uri = f"http://bob:hunter2@127.0.0.1:{other.port}"
+    journal_bytes = journal.read_bytes()
+    refused = _cli(_sets(csv, work, name, other_uri), 2, tmp_path)
+    assert refused.returncode == 2, refused.stderr
+    [line] = refused.stderr.strip().splitlines()
+    assert line.startswith(f"mfstudy: error: study '{name}' logged its 2 trial(s) to ")
+    assert tracking_uri in line and other.uri in line
+    assert "set tracking.uri back to" in line and "--set name=" in line
+    assert "s3cret" not in line and "hunter2" not in line
+    assert journal.read_bytes() == journal_bytes
+    # No empty parent run and no model on the new server; nothing new on the old one.
+    fresh = MlflowClient(other.uri)
+    assert fresh.get_experiment_by_name(name) is None
+    assert fresh.search_registered_models() == []
+    assert list(_parents(client, name)) == [name]
+    assert len(_versions(client, name)) == versions
 
 
 def test_a_moved_store_that_holds_the_runs_is_adopted(tmp_path: Path) -> None:

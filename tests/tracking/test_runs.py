@@ -190,11 +190,14 @@ def test_unreachable_server_fails_fast_with_one_line(dead_uri: str) -> None:
 
 
 def test_outage_spools_and_replay_delivers(
-    mlflow_server: Any, start_server: Callable[[Path], Any], tracking_uri: str, tmp_path: Path
+    mlflow_server: Any,
+    new_mlflow_server: Callable[..., Any],
+    tracking_uri: str,
+    tmp_path: Path,
 ) -> None:
     # A second, short-lived server on the same SQLite store plays the server that goes away;
     # the session server (same data) is where the spool is replayed.
-    aux = start_server(mlflow_server.root)
+    aux = new_mlflow_server(mlflow_server.root)
     spool = tmp_path / "spool"
     st = start_study(aux.uri, "mfstudy-test-outage", "outage", {"a": 1}, {}, None)
 
