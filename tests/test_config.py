@@ -85,6 +85,7 @@ def test_overrides_apply_and_validate() -> None:
 
 def test_every_accepted_seed_works_and_larger_ones_are_refused() -> None:
     import numpy as np
+    import optuna
     import scipy.sparse as sp
 
     from mfstudy.config import MAX_SEED
@@ -100,8 +101,11 @@ def test_every_accepted_seed_works_and_larger_ones_are_refused() -> None:
     cfg = load_config(None, [f"seed={MAX_SEED}", "study.sampler.kind=random"])
     for kind in ("tpe", "random"):
         sampler_cfg = cfg.study.sampler.model_copy(update={"kind": kind})
+        draws = set()
         for worker in (0, 5):
-            assert make_sampler(sampler_cfg, cfg, worker) is not None
+            study = optuna.create_study(sampler=make_sampler(sampler_cfg, cfg, worker))
+            draws.add(study.ask().suggest_float("x", 0.0, 1.0))
+        assert len(draws) == 2, f"{kind}: two workers drew the same first point"
     raw = generate_synthetic(
         cfg.data.model_copy(update={"n_users": 60, "n_items": 40, "n_interactions": 900}), MAX_SEED
     )
