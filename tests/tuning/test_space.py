@@ -88,17 +88,18 @@ def test_grid_workers_with_their_own_samplers_cover_every_point_once() -> None:
     from mfstudy.tuning import make_sampler
 
     cfg = load_config(REPO / "configs" / "recipe.yaml")
-    study = optuna.create_study()
+    storage = optuna.storages.InMemoryStorage()
+    name = optuna.create_study(storage=storage).study_name
     points = []
     for number in range(180):
+        # Samplers are per worker: each trial is asked of the study as a worker opens it, with
+        # that worker's own sampler (never the one the study was created with).
+        sampler = make_sampler(cfg.study.sampler, cfg, worker=number % 7)
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
         trial = study.ask()
         assert trial.number == number
-        # Samplers are per worker, so the study's own sampler must not be the one asked.
-        sampler = make_sampler(cfg.study.sampler, cfg, worker=number % 7)
-        frozen = study._storage.get_trial(trial._trial_id)
-        sampler.before_trial(study, frozen)
-        grid_id = study._storage.get_trial_system_attrs(trial._trial_id)["grid_id"]
-        points.append(tuple(sampler._all_grids[grid_id]))
+        _, params = suggest(trial, cfg.search_space)
+        points.append((params["factors"], params["regularization"], params["alpha"]))
         study.tell(trial, 0.0)
     assert len(set(points)) == 180
 
