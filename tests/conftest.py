@@ -1,5 +1,6 @@
-"""Shared fixtures: where the real datasets live, a guard against the network, and real MLflow
-servers (one for the session, others a test starts for itself)."""
+"""Shared fixtures: where the real datasets live, a guard against the network, real MLflow
+servers (one for the session, others a test starts for itself), and the rule that marks tests
+`slow`."""
 
 from __future__ import annotations
 
@@ -12,6 +13,21 @@ from servers import MlflowServer
 
 from helpers import shared_data_dir
 from mfstudy.data import CACHE_DIR_ENV, DOWNLOAD_BASE_ENV
+
+#: Fixtures that start real servers (Prefect, MLflow) or read the real shared datasets: every
+#: test that uses one, directly or through another fixture, is marked `slow` (see
+#: `pytest_collection_modifyitems`; tests/test_tiers.py checks that the rule holds). Tests that
+#: are slow for other reasons (running the `mfstudy` command, spawning worker processes,
+#: training for seconds) are marked in their module: `pytestmark = pytest.mark.slow`.
+SLOW_FIXTURES = frozenset(
+    {"prefect_server", "mlflow_server", "tracking_uri", "new_mlflow_server", "data_dir"}
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(autouse=True)

@@ -32,6 +32,9 @@ from servers import free_port
 
 from helpers import EXE, cli_sets, serve_folder, shared_data_dir, tiny_data
 
+# Every case runs the `mfstudy` command (about 2 s each, `study` more).
+pytestmark = pytest.mark.slow
+
 # Tiny synthetic data and one trial for `study`: should a check not fire, the study ends in
 # seconds and the test fails on its exit code instead of training for minutes.
 TINY = cli_sets(tiny_data())

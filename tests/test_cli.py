@@ -10,8 +10,12 @@ import subprocess
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from helpers import EXE, REPO, cli_sets, tiny_data
+
+# Every test runs the `mfstudy` command, most of them a whole study.
+pytestmark = pytest.mark.slow
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

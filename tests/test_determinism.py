@@ -26,6 +26,9 @@ from servers import stop_group
 
 from helpers import EXE, REPO, cli_sets, journal_study, tiny_data
 
+# Every test runs the `mfstudy` command several times.
+pytestmark = pytest.mark.slow
+
 TINY = cli_sets(tiny_data())
 ML100K = ["--set", "data.source=movielens-100k", "--set", "split.kind=new_users"]
 
@@ -155,7 +158,6 @@ SGD_SPACE = (
 )
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "metric", "args"),
     [

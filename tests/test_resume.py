@@ -30,6 +30,9 @@ from mfstudy.prepare import prepare
 from mfstudy.study import data_fingerprint, holdout_fingerprint, run_study
 from mfstudy.tuning import make_storage
 
+# Whole studies, through the command or `run_study`.
+pytestmark = pytest.mark.slow
+
 #: Small planted-preference data, k-core thresholded, and a one-parameter WRMF space whose
 #: trials take about a second.
 SETS = [

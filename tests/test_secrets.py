@@ -78,6 +78,7 @@ def test_scrub_removes_credentials_a_library_quotes() -> None:
     assert scrub(text) == "Invalid url: http://127.0.0.1:99999/api/x?token=***&x=1"
 
 
+@pytest.mark.slow  # runs the `mfstudy` command twice
 def test_no_password_in_an_error_line_or_a_file_name(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -235,7 +235,6 @@ def _wait_for(
         time.sleep(1)
 
 
-@pytest.mark.slow
 def test_the_scheduler_fires_the_nightly_and_a_worker_completes_it(
     tmp_path: Path, prefect_server: Any
 ) -> None:

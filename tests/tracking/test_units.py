@@ -36,6 +36,7 @@ def test_tracking_uri_defaults_to_an_absolute_sqlite_store(
     assert list(tmp_path.iterdir()) == []  # resolving creates nothing
 
 
+@pytest.mark.slow  # a fresh interpreter imports MLflow: seconds
 def test_importing_the_package_is_cheap_and_has_no_side_effects(tmp_path: Path) -> None:
     # MLflow's process-wide tracking URI is left alone: the one the environment gives (never
     # contacted here) is still the one MLflow reports after importing and using the package.
@@ -232,6 +233,7 @@ def test_trial_run_without_server_is_picklable_and_spools_everything(
         tr.log_epoch(3, {"m": 1.0})
 
 
+@pytest.mark.slow  # creates (migrates) a real MLflow SQLite store: seconds
 def test_default_sqlite_store_keeps_runs_and_artifacts_under_the_root(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -16,6 +16,8 @@ import pytest
 
 from mfstudy.tuning import InProcessTrials, TrialProcesses, WorkerDied, local_trials
 
+pytestmark = pytest.mark.slow  # worker processes started and warmed up: seconds each
+
 
 def test_local_trials_picks_in_process_for_one_worker() -> None:
     assert isinstance(local_trials(1, 2), InProcessTrials)

@@ -27,6 +27,8 @@ SMALL = [
     "study.pruner.kind=none",
 ]
 
+pytestmark = pytest.mark.slow  # real studies with worker processes: seconds each
+
 
 def _setup(tmp_path: Path, extra: list[str] = ()) -> tuple[StudyConfig, TrialContext]:
     cfg = load_config(None, [*SMALL, f"workdir={tmp_path}", *extra])
