@@ -1,9 +1,11 @@
-"""Shared fixtures: where the real datasets live, and a guard against the network."""
+"""Shared fixtures: where the real datasets live, a guard against the network, real MLflow
+servers (one for the session, others a test starts for itself), and the rule that marks tests
+`slow`."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,21 @@ from servers import MlflowServer
 
 from helpers import shared_data_dir
 from mfstudy.data import CACHE_DIR_ENV, DOWNLOAD_BASE_ENV
+
+#: Fixtures that start real servers (Prefect, MLflow) or read the real shared datasets: every
+#: test that uses one, directly or through another fixture, is marked `slow` (see
+#: `pytest_collection_modifyitems`; tests/test_tiers.py checks that the rule holds). Tests that
+#: are slow for other reasons (running the `mfstudy` command, spawning worker processes,
+#: training for seconds) are marked in their module: `pytestmark = pytest.mark.slow`.
+SLOW_FIXTURES = frozenset(
+    {"prefect_server", "mlflow_server", "tracking_uri", "new_mlflow_server", "data_dir"}
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(autouse=True)
@@ -54,6 +71,24 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
 @pytest.fixture(scope="session")
 def tracking_uri(mlflow_server: MlflowServer) -> str:
     return mlflow_server.uri
+
+
+@pytest.fixture
+def new_mlflow_server() -> Iterator[Callable[..., MlflowServer]]:
+    """Start MLflow servers only this test uses (one it may kill, or a short-lived one on the
+    session server's store): `new_mlflow_server(root)`, all stopped after the test. With
+    `wait=False` the server is only launched (`.wait_healthy()` later), so it boots while the
+    test does something else."""
+    started: list[MlflowServer] = []
+
+    def start(root: Path, *, wait: bool = True) -> MlflowServer:
+        server = MlflowServer(root)
+        started.append(server)
+        return server.start() if wait else server.launch()
+
+    yield start
+    for server in started:
+        server.stop()
 
 
 @pytest.fixture(scope="session", autouse=True)

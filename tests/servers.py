@@ -37,8 +37,14 @@ def prefect_exe() -> str:
 
 
 def stop_group(proc: subprocess.Popen[Any], term_wait: float = 20) -> None:
-    """SIGTERM, then SIGKILL, the process group `proc` leads (its own session)."""
-    for sig, wait in ((signal.SIGTERM, term_wait), (signal.SIGKILL, 10)):
+    """Stop the process group `proc` leads (started in its own session) and reap `proc`.
+
+    SIGTERM first, then SIGKILL if it is still there after `term_wait` seconds; with
+    `term_wait=0`, SIGKILL at once (a test's cleanup, or the fault a test injects). Whatever
+    the leader forked and left behind in the group is killed too.
+    """
+    steps = [(signal.SIGTERM, term_wait)] if term_wait > 0 else []
+    for sig, wait in [*steps, (signal.SIGKILL, 30)]:
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:

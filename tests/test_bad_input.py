@@ -17,14 +17,10 @@ wrong archive) are made under `tmp_path/in`, outside the working folder.
 
 from __future__ import annotations
 
-import functools
-import http.server
 import io
 import os
 import shutil
 import subprocess
-import sys
-import threading
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -34,14 +30,14 @@ import pandas as pd
 import pytest
 from servers import free_port
 
-from helpers import shared_data_dir
+from helpers import EXE, cli_sets, serve_folder, shared_data_dir, tiny_data
 
-EXE = str(Path(sys.executable).with_name("mfstudy"))
+# Every case runs the `mfstudy` command (about 2 s each, `study` more).
+pytestmark = pytest.mark.slow
 
 # Tiny synthetic data and one trial for `study`: should a check not fire, the study ends in
 # seconds and the test fails on its exit code instead of training for minutes.
-TINY = ["--set", "data.n_users=300", "--set", "data.n_items=150", "--set",
-        "data.n_interactions=8000"]  # fmt: skip
+TINY = cli_sets(tiny_data())
 
 
 @dataclass(frozen=True)
@@ -470,11 +466,6 @@ def _output_is_a_file(inp: Path, mirror: str) -> Bad:
 # --------------------------------------------------------------------------- the test
 
 
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A dataset mirror on 127.0.0.1 serving an `ml-100k.zip` that is not the official one.
@@ -488,16 +479,8 @@ def mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         zf.writestr("ml-100k/u.data", "1\t10\t4\t881250949\n2\t10\t5\t881250950\n")
         zf.writestr("ml-100k/u.item", "10|Toy Story (1995)|01-Jan-1995||http://x|0\n")
     (root / "ml-100k.zip").write_bytes(buf.getvalue())
-    handler = functools.partial(_Quiet, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    with serve_folder(root) as base:
+        yield base
 
 
 def _tree(folder: Path) -> set[str]:

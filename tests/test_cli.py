@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
-from helpers import REPO
+from helpers import EXE, REPO, cli_sets, tiny_data
 
-EXE = str(Path(sys.executable).with_name("mfstudy"))
+# Every test runs the `mfstudy` command, most of them a whole study.
+pytestmark = pytest.mark.slow
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -55,8 +56,7 @@ def test_prepare_lastfm_matches_the_recipe(tmp_path: Path, data_dir: Path) -> No
     assert stats["split"]["heldout_users"] == 371  # floor(0.2 * 1859)
 
 
-TINY = ["--set", "data.n_users=300", "--set", "data.n_items=150", "--set",
-        "data.n_interactions=8000"]  # fmt: skip
+TINY = cli_sets(tiny_data())
 
 
 def test_study_then_recommend_from_the_registered_champion(tmp_path: Path) -> None:

@@ -15,23 +15,21 @@ with the time it was written.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from servers import stop_group
 
-from helpers import REPO, journal_study
+from helpers import EXE, REPO, cli_sets, journal_study, tiny_data
 
-EXE = str(Path(sys.executable).with_name("mfstudy"))
+# Every test runs the `mfstudy` command several times.
+pytestmark = pytest.mark.slow
 
-TINY = ["--set", "data.n_users=300", "--set", "data.n_items=150", "--set",
-        "data.n_interactions=8000"]  # fmt: skip
+TINY = cli_sets(tiny_data())
 ML100K = ["--set", "data.source=movielens-100k", "--set", "split.kind=new_users"]
 
 
@@ -63,12 +61,7 @@ def _run_together(args: list[str], folders: list[Path]) -> None:
             assert p.returncode == 0, err
     finally:
         for p in procs:
-            if p.poll() is None:
-                try:
-                    os.killpg(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                p.wait(timeout=30)
+            stop_group(p, term_wait=0)
 
 
 # --------------------------------------------------------------------------- prepare
@@ -165,7 +158,6 @@ SGD_SPACE = (
 )
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "metric", "args"),
     [

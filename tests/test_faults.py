@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,21 +22,15 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from optuna.trial import FrozenTrial, TrialState
-from servers import MlflowServer
+from servers import MlflowServer, stop_group
 
-from helpers import journal_study
+from helpers import EXE, cli_sets, journal_study, tiny_data
 
 pytestmark = pytest.mark.slow
 
-EXE = str(Path(sys.executable).with_name("mfstudy"))
-
 #: Tiny synthetic data and a WRMF space whose trials take a second or two each on one thread.
 SMALL = [
-    "data.n_users=400",
-    "data.n_items=200",
-    "data.n_interactions=12000",
-    "study.pruner.kind=none",
-    "study.threads_per_worker=1",
+    *tiny_data(400, 200, 12_000, pruner="none", threads_per_worker=1),
     "search_space={wrmf: {factors: {type: int, low: 8, high: 32},"
     " regularization: {type: float, low: 0.01, high: 10, log: true}, iterations: ITER}}",
 ]
@@ -64,10 +57,8 @@ class Study:
             *([f"tracking.uri={self.uri}"] if self.uri else []),  # "": the default store
             *self.extra,
         ]
-        args = [EXE, "study", "--n-trials", str(self.n_trials), "--workers", str(self.workers)]
-        for s in sets:
-            args += ["--set", s]
-        return args
+        counts = ["--n-trials", str(self.n_trials), "--workers", str(self.workers)]
+        return [EXE, "study", *counts, *cli_sets(sets)]
 
     @property
     def journal(self) -> Path:
@@ -92,18 +83,6 @@ class Proc:
         return self.err.read_text(errors="replace")
 
 
-def _kill_group(popen: subprocess.Popen[bytes]) -> None:
-    """SIGKILL the process group `popen` leads (its spawned workers included) and reap it."""
-    try:
-        os.killpg(popen.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    try:
-        popen.wait(timeout=30)
-    except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored
-        pass
-
-
 @pytest.fixture
 def spawn(tmp_path: Path) -> Iterator[Callable[[Study, str], Proc]]:
     """Start `mfstudy study` processes, each leading its own process group; all are killed
@@ -124,17 +103,7 @@ def spawn(tmp_path: Path) -> Iterator[Callable[[Study, str], Proc]]:
         yield start
     finally:
         for proc in started:
-            _kill_group(proc.popen)
-
-
-@pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[MlflowServer]:
-    """A tracking server only this test uses (its log is this test's alone; it may be killed)."""
-    server = MlflowServer(tmp_path / "mlflow-server")
-    try:
-        yield server.start()
-    finally:
-        server.stop()
+            stop_group(proc.popen, term_wait=0)
 
 
 # ----------------------------------------------------------------------------- reading back
@@ -251,8 +220,8 @@ def test_kill_9_mid_study_then_resume_keeps_results_and_reruns_the_lost_trials(
         [first],
     )
     # kill -9 the whole group: the main process and its spawned trial workers, mid-trial.
-    os.killpg(first.popen.pid, signal.SIGKILL)
-    assert first.wait(timeout=30) == -signal.SIGKILL
+    stop_group(first.popen, term_wait=0)
+    assert first.popen.returncode == -signal.SIGKILL
     before = _trials(study)
     done_before = {t.number: (t.params, t.value) for t in before if t.state.is_finished()}
     running_before = [t.number for t in _by_state(before, TrialState.RUNNING)]
@@ -382,12 +351,16 @@ def test_four_first_starts_on_an_empty_workdir_create_one_default_store(
 
 
 def test_tracking_server_lost_mid_study_then_back_delivers_the_spool_and_registers(
-    tmp_path: Path, own_server: MlflowServer, spawn: Callable[[Study, str], Proc]
+    tmp_path: Path,
+    new_mlflow_server: Callable[..., MlflowServer],
+    spawn: Callable[[Study, str], Proc],
 ) -> None:
     """The server dies (SIGKILL to its group) after the first trial: the trials still all
     finish, their tracking is spooled, and closing fails at once with one line naming the
     spool and nothing registered. Back on the same port and database, re-running the same
     command sends the spool (every epoch of every trial, once) and registers the model."""
+    # Only this test uses it: its log is this test's alone, and it may be killed.
+    own_server = new_mlflow_server(tmp_path / "mlflow-server")
     study = Study(tmp_path / "runs", "fault-outage", own_server.uri, n_trials=4, workers=1)
     first = spawn(study, "first")
     _wait_for(
@@ -396,7 +369,7 @@ def test_tracking_server_lost_mid_study_then_back_delivers_the_spool_and_registe
         [first],
     )
     assert own_server.proc is not None
-    os.killpg(own_server.proc.pid, signal.SIGKILL)
+    stop_group(own_server.proc, term_wait=0)
     own_server.stop()  # reaps the group and waits until the port is free
 
     assert first.wait(timeout=120) == 2, first.stderr

@@ -55,6 +55,7 @@ def test_orchestration_imports_stay_in_their_layer(path: Path) -> None:
         assert rel.startswith(ALLOWED[lib]), f"{rel} imports {lib}; only {ALLOWED[lib]} may"
 
 
+@pytest.mark.slow  # a fresh interpreter imports the whole core: seconds
 def test_core_import_pulls_in_no_orchestration_library(tmp_path: Path) -> None:
     # Run in a fresh interpreter (and an empty cwd) so nothing else has imported them already,
     # and check that importing creates no files: imports have no side effects.

@@ -11,12 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from helpers import tiny_data
 from mfstudy import prepare as prepare_mod
 from mfstudy.config import load_config
 from mfstudy.errors import DataError
 from mfstudy.prepare import prepare, read_prepared, write_prepared
 
-SMALL = ["data.n_users=400", "data.n_items=200", "data.n_interactions=12000"]
+SMALL = tiny_data(400, 200, 12_000)
 
 
 def test_prepare_invariants_and_round_trip(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import pytest
 from mlflow import MlflowClient
 from servers import MlflowServer
 
-from helpers import journal_study
+from helpers import EXE, cli_sets, journal_study, tiny_data
 from mfstudy.config import StudyConfig, SyntheticSource, load_config
 from mfstudy.data import generate_synthetic
 from mfstudy.errors import StudyError
@@ -30,7 +30,8 @@ from mfstudy.prepare import data_fingerprint, holdout_fingerprint, prepare
 from mfstudy.study import run_study
 from mfstudy.tuning._factories import make_storage
 
-EXE = str(Path(sys.executable).with_name("mfstudy"))
+# Whole studies, through the command or `run_study`.
+pytestmark = pytest.mark.slow
 
 #: Small planted-preference data, k-core thresholded, and a one-parameter WRMF space whose
 #: trials take about a second.
@@ -70,9 +71,7 @@ def _cfg(sets: list[str]) -> StudyConfig:
 
 
 def _cli(sets: list[str], n_trials: int, cwd: Path) -> subprocess.CompletedProcess[str]:
-    args = [EXE, "study", "--n-trials", str(n_trials)]
-    for s in sets:
-        args += ["--set", s]
+    args = [EXE, "study", "--n-trials", str(n_trials), *cli_sets(sets)]
     return subprocess.run(args, capture_output=True, text=True, cwd=cwd, timeout=600)
 
 
@@ -201,43 +200,40 @@ def test_grown_data_goes_to_a_new_study_and_same_data_resumes(
 
 
 def test_a_study_repointed_at_another_server_refuses_and_names_both(
-    tmp_path: Path, tracking_uri: str
+    tmp_path: Path, tracking_uri: str, new_mlflow_server: Callable[..., MlflowServer]
 ) -> None:
-    other = MlflowServer(tmp_path / "other").launch()  # boots while the study runs
-    try:
-        base, _ = _frames()
-        csv, work, name = tmp_path / "likes.csv", tmp_path / "runs", "resume-repoint"
-        base.to_csv(csv, index=False)
-        # Credentials in the URI (the server ignores them) must never be stored or printed.
-        port = tracking_uri.rsplit(":", 1)[1]
-        secret_uri = f"http://alice:s3cret@127.0.0.1:{port}"
-        _ok(_cli(_sets(csv, work, name, secret_uri), 2, tmp_path))
-        journal = work / name / "optuna.journal"
-        assert journal_study(journal, name).user_attrs["mfstudy.tracking"] == tracking_uri
-        assert b"s3cret" not in journal.read_bytes()
-        client = MlflowClient(tracking_uri)
-        assert _parents(client, name)[name].data.params["tracking.uri"] == tracking_uri
-        versions = len(_versions(client, name))
+    other = new_mlflow_server(tmp_path / "other", wait=False)  # boots while the study runs
+    base, _ = _frames()
+    csv, work, name = tmp_path / "likes.csv", tmp_path / "runs", "resume-repoint"
+    base.to_csv(csv, index=False)
+    # Credentials in the URI (the server ignores them) must never be stored or printed.
+    port = tracking_uri.rsplit(":", 1)[1]
+    secret_uri = f"http://alice:s3cret@127.0.0.1:{port}"
+    _ok(_cli(_sets(csv, work, name, secret_uri), 2, tmp_path))
+    journal = work / name / "optuna.journal"
+    assert journal_study(journal, name).user_attrs["mfstudy.tracking"] == tracking_uri
+    assert b"s3cret" not in journal.read_bytes()
+    client = MlflowClient(tracking_uri)
+    assert _parents(client, name)[name].data.params["tracking.uri"] == tracking_uri
+    versions = len(_versions(client, name))
 
-        other.wait_healthy()
-        other_uri = f"http://bob:hunter2@127.0.0.1:{other.port}"
-        journal_bytes = journal.read_bytes()
-        refused = _cli(_sets(csv, work, name, other_uri), 2, tmp_path)
-        assert refused.returncode == 2, refused.stderr
-        [line] = refused.stderr.strip().splitlines()
-        assert line.startswith(f"mfstudy: error: study '{name}' logged its 2 trial(s) to ")
-        assert tracking_uri in line and other.uri in line
-        assert "set tracking.uri back to" in line and "--set name=" in line
-        assert "s3cret" not in line and "hunter2" not in line
-        assert journal.read_bytes() == journal_bytes
-        # No empty parent run and no model on the new server; nothing new on the old one.
-        fresh = MlflowClient(other.uri)
-        assert fresh.get_experiment_by_name(name) is None
-        assert fresh.search_registered_models() == []
-        assert list(_parents(client, name)) == [name]
-        assert len(_versions(client, name)) == versions
-    finally:
-        other.stop()
+    other.wait_healthy()
+    other_uri = f"http://bob:hunter2@127.0.0.1:{other.port}"
+    journal_bytes = journal.read_bytes()
+    refused = _cli(_sets(csv, work, name, other_uri), 2, tmp_path)
+    assert refused.returncode == 2, refused.stderr
+    [line] = refused.stderr.strip().splitlines()
+    assert line.startswith(f"mfstudy: error: study '{name}' logged its 2 trial(s) to ")
+    assert tracking_uri in line and other.uri in line
+    assert "set tracking.uri back to" in line and "--set name=" in line
+    assert "s3cret" not in line and "hunter2" not in line
+    assert journal.read_bytes() == journal_bytes
+    # No empty parent run and no model on the new server; nothing new on the old one.
+    fresh = MlflowClient(other.uri)
+    assert fresh.get_experiment_by_name(name) is None
+    assert fresh.search_registered_models() == []
+    assert list(_parents(client, name)) == [name]
+    assert len(_versions(client, name)) == versions
 
 
 def test_a_moved_store_that_holds_the_runs_is_adopted(tmp_path: Path) -> None:
@@ -309,11 +305,8 @@ def test_enqueued_trials_do_not_count_as_trials_run(tmp_path: Path) -> None:
         None,
         [
             f"workdir={tmp_path / 'runs'}",
-            "data.n_users=300",
-            "data.n_items=150",
-            "data.n_interactions=8000",
+            *tiny_data(pruner="none"),
             "study.n_trials=1",
-            "study.pruner.kind=none",
             "search_space={wrmf: {factors: {type: int, low: 4, high: 16}, iterations: 3}}",
         ],
     )

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from helpers import EXE, cli_sets, tiny_data
 from mfstudy.config import load_config
 from mfstudy.errors import ConfigError
 from mfstudy.secrets import public_config, redact_uri, resolve_env, scrub
@@ -78,24 +78,23 @@ def test_scrub_removes_credentials_a_library_quotes() -> None:
     assert scrub(text) == "Invalid url: http://127.0.0.1:99999/api/x?token=***&x=1"
 
 
+@pytest.mark.slow  # runs the `mfstudy` command twice
 def test_no_password_in_an_error_line_or_a_file_name(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Hostile cases from a review: a URL no parser accepts (bad port) quoted by the HTTP
     library in its error, and a whole storage URL held by a referenced variable (it was taken
     for a journal path: a lock file named after the URL, password included, in the cwd)."""
-    exe = str(Path(sys.executable).with_name("mfstudy"))
-    tiny = ["--set", "data.n_users=300", "--set", "data.n_items=150",
-            "--set", "data.n_interactions=8000", "--n-trials", "1"]  # fmt: skip
+    tiny = [*cli_sets(tiny_data()), "--n-trials", "1"]
     bad = subprocess.run(
-        [exe, "study", *tiny, "--set", "tracking.uri=http://u:s3cret@127.0.0.1:99999"],
+        [EXE, "study", *tiny, "--set", "tracking.uri=http://u:s3cret@127.0.0.1:99999"],
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert bad.returncode == 2 and "s3cret" not in bad.stdout + bad.stderr, bad.stderr
 
     monkeypatch.setenv("MFSTUDY_TEST_DBURL", f"sqlite:///{tmp_path / 'opt.db'}?password=s3cret")
     ok = subprocess.run(
-        [exe, "study", *tiny, "--set", "study.storage=${MFSTUDY_TEST_DBURL}"],
+        [EXE, "study", *tiny, "--set", "study.storage=${MFSTUDY_TEST_DBURL}"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300, env=os.environ.copy(),
     )  # fmt: skip
     assert ok.returncode == 0, ok.stderr

@@ -338,7 +338,6 @@ def test_make_split_dispatches_with_the_same_seed() -> None:
 # --------------------------------------------------------------------------- real data
 
 
-@pytest.mark.slow
 def test_lastfm_recipe_split(data_dir: Path) -> None:
     df = pd.read_csv(data_dir / "lastfm-2k" / "user_artists.dat", sep="\t")
     frame = df.rename(columns={"userID": "user", "artistID": "item"}).astype({"weight": float})

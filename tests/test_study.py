@@ -9,17 +9,13 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from helpers import journal_study
+from helpers import journal_study, tiny_data
 from mfstudy.config import StudyConfig, load_config
 from mfstudy.errors import StudyError
 from mfstudy.study import run_study
 from mfstudy.tracking import load_recommender
 
-SMALL = [
-    "data.n_users=400",
-    "data.n_items=200",
-    "data.n_interactions=12000",
-]
+SMALL = tiny_data(400, 200, 12_000)
 
 
 def _cfg(tmp_path: Path, uri: str, name: str, extra: list[str]) -> StudyConfig:

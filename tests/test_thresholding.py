@@ -82,7 +82,6 @@ def triples(inter: Interactions) -> set[tuple[str, str, float]]:
 # --------------------------------------------------------------------------- real data
 
 
-@pytest.mark.slow
 def test_lastfm_matches_blog_loop(data_dir: Path) -> None:
     df = pd.read_csv(data_dir / "lastfm-2k" / "user_artists.dat", sep="\t")
     assert list(df.columns) == ["userID", "artistID", "weight"]

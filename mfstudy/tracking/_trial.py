@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -129,6 +130,7 @@ class TrialRun:
         flush_every: int | None,
         spool_dir: Path | None,
         flush_seconds: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._transport = transport
         self._pending = pending
@@ -138,7 +140,10 @@ class TrialRun:
         self.flush_seconds = flush_seconds
         self.spool_dir = Path(spool_dir) if spool_dir is not None else None
         self._epochs_since_flush = 0
-        self._last_flush = time.monotonic()
+        # What `flush_seconds` is measured on: injectable, so that a test advances a fake clock
+        # instead of sleeping (a sleep races the flush window on a loaded machine).
+        self._clock = clock
+        self._last_flush = clock()
         self.last_error: str | None = None
         self.result: TrialEnd | None = None
 
@@ -158,6 +163,7 @@ class TrialRun:
         policy: FailurePolicy | None = None,
         flush_seconds: float | None = None,
         create_now: bool = True,
+        clock: Callable[[], float] = time.monotonic,
     ) -> TrialRun:
         """Open the nested run `trial-0007` under `parent_run_id` with `params`.
 
@@ -165,7 +171,8 @@ class TrialRun:
         (None: not on that account). With `create_now` the run is created and its params logged
         at once; otherwise at the first flush. If the server cannot be reached the trial still
         starts: the run is created at the next successful flush, or by :func:`replay_spool`
-        after the trial.
+        after the trial. `clock` (monotonic seconds) times `flush_seconds`; tests pass a fake
+        one.
         """
         name = f"trial-{int(trial_number):04d}"
         pending = _Pending(
@@ -188,6 +195,7 @@ class TrialRun:
             flush_every,
             spool_dir,
             flush_seconds,
+            clock,
         )
         if create_now:
             run._try_deliver(final=False)
@@ -212,7 +220,7 @@ class TrialRun:
         self._epochs_since_flush += 1
         if (self.flush_every is not None and self._epochs_since_flush >= self.flush_every) or (
             self.flush_seconds is not None
-            and time.monotonic() - self._last_flush >= self.flush_seconds
+            and self._clock() - self._last_flush >= self.flush_seconds
         ):
             self.flush()
 
@@ -220,7 +228,7 @@ class TrialRun:
         """Send what is buffered now (creating the run if needed); False (and the buffer kept)
         when the server failed."""
         self._epochs_since_flush = 0
-        self._last_flush = time.monotonic()
+        self._last_flush = self._clock()
         return self._try_deliver(final=False)
 
     def end(

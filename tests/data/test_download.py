@@ -68,7 +68,6 @@ def no_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "empty-data-dir"))
 
 
-@pytest.mark.slow
 @pytest.mark.usefixtures("no_data_dir")
 def test_download_verify_extract_then_reuse(
     http_root: tuple[Path, str], _offline_cache: Path, monkeypatch: pytest.MonkeyPatch
@@ -91,7 +90,6 @@ def test_download_verify_extract_then_reuse(
     assert len(load(MovieLens100kSource(), seed=0).frame) == 3
 
 
-@pytest.mark.slow
 @pytest.mark.usefixtures("no_data_dir")
 def test_download_from_registry_url_archive_root(
     http_root: tuple[Path, str], _offline_cache: Path, monkeypatch: pytest.MonkeyPatch
@@ -114,7 +112,6 @@ def test_download_from_registry_url_archive_root(
     ]
 
 
-@pytest.mark.slow
 @pytest.mark.usefixtures("no_data_dir")
 def test_checksum_mismatch_keeps_nothing(
     http_root: tuple[Path, str], _offline_cache: Path, monkeypatch: pytest.MonkeyPatch
@@ -132,7 +129,6 @@ def test_checksum_mismatch_keeps_nothing(
     assert _tree(_offline_cache) == []
 
 
-@pytest.mark.slow
 @pytest.mark.usefixtures("no_data_dir")
 def test_unreachable_server_says_what_to_put_where(
     _offline_cache: Path, monkeypatch: pytest.MonkeyPatch
@@ -149,7 +145,6 @@ def test_unreachable_server_says_what_to_put_where(
     assert _tree(_offline_cache) == []
 
 
-@pytest.mark.slow
 @pytest.mark.usefixtures("no_data_dir")
 def test_http_error(
     http_root: tuple[Path, str], _offline_cache: Path, monkeypatch: pytest.MonkeyPatch
@@ -161,7 +156,6 @@ def test_http_error(
     assert _tree(_offline_cache) == []
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("members", "expected"),
     [

@@ -49,7 +49,6 @@ def _check_frame(frame: pd.DataFrame) -> None:
 # --------------------------------------------------------------------------- real datasets
 
 
-@pytest.mark.slow
 def test_movielens_100k(data_dir: Path) -> None:
     raw = load(MovieLens100kSource(path=data_dir / "ml-100k"), seed=0)
     f = raw.frame
@@ -64,7 +63,6 @@ def test_movielens_100k(data_dir: Path) -> None:
     assert raw.source.endswith("u.data")
 
 
-@pytest.mark.slow
 def test_movielens_latest_small(data_dir: Path) -> None:
     raw = load_movielens_latest_small(data_dir / "ml-latest-small")
     f = raw.frame
@@ -78,7 +76,6 @@ def test_movielens_latest_small(data_dir: Path) -> None:
     assert set(np.unique(f["weight"])) == set(np.arange(0.5, 5.01, 0.5))
 
 
-@pytest.mark.slow
 def test_lastfm_2k(data_dir: Path) -> None:
     raw = load_lastfm_2k(data_dir / "lastfm-2k")
     f = raw.frame
@@ -95,7 +92,6 @@ def test_lastfm_2k(data_dir: Path) -> None:
     assert inter.item_names is not None and "Lady Gaga" in set(inter.item_names)
 
 
-@pytest.mark.slow
 def test_data_dir_env_is_used_without_download(
     data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -379,7 +375,6 @@ def _copy_dataset(data_dir: Path, name: str, tmp_path: Path) -> Path:
     return dest
 
 
-@pytest.mark.slow
 def test_movielens_100k_bad_rating_names_line(data_dir: Path, tmp_path: Path) -> None:
     folder = _copy_dataset(data_dir, "ml-100k", tmp_path)
     lines = (folder / "u.data").read_text().splitlines()
@@ -392,7 +387,6 @@ def test_movielens_100k_bad_rating_names_line(data_dir: Path, tmp_path: Path) ->
     assert "field 3 (rating), line 5: negative weight -3" in msg
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "source", "drop"),
     [
@@ -413,7 +407,6 @@ def test_dataset_missing_file_in_explicit_folder(
     assert f"{folder / drop}: file not found (looked for {drop} in {folder})" in msg
 
 
-@pytest.mark.slow
 def test_lastfm_missing_column(data_dir: Path, tmp_path: Path) -> None:
     folder = _copy_dataset(data_dir, "lastfm-2k", tmp_path)
     plays = folder / "user_artists.dat"

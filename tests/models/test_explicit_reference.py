@@ -10,6 +10,7 @@ fully independent reference.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 from hypothesis import given, settings
@@ -307,10 +308,18 @@ def test_rbf_matches_package_updates(mf_kernels) -> None:
 
 
 def test_baseline_als_matches_package() -> None:
-    bm = pytest.importorskip("matrix_factorization.baseline_model")
+    mf = pytest.importorskip("matrix_factorization")
     pb = _problem(23, 9, 6, 1, 0.6)
-    x = np.column_stack([pb["users"], pb["items"], pb["ratings"]]).astype(np.float64)
-    ub, ib, _ = bm._als(x, pb["mu"], np.zeros(9), np.zeros(6), 2, 0.5, 0)
+    # The package's own model, two ALS epochs from zero biases around the same global mean.
+    # It numbers users and items in its own order (`user_id_map`): mapped back to ours here,
+    # and a user or item without ratings keeps a bias of 0.
+    ids = {"user_id": pb["users"].astype(np.int64), "item_id": pb["items"].astype(np.int64)}
+    model = mf.BaselineModel(method="als", n_epochs=2, reg=0.5, verbose=0)
+    model.fit(pd.DataFrame(ids), pd.Series(pb["ratings"]))
+    assert model.global_mean == pytest.approx(pb["mu"])
+    ub, ib = np.zeros(9), np.zeros(6)
+    ub[list(model.user_id_map)] = model.user_biases[list(model.user_id_map.values())]
+    ib[list(model.item_id_map)] = model.item_biases[list(model.item_id_map.values())]
     ours = [np.zeros(9), np.zeros(6)]
     for _ in range(2):
         K.baseline_als_epoch(pb["users"], pb["items"], pb["ratings"], pb["mu"], *ours, 0.5)

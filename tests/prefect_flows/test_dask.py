@@ -9,7 +9,7 @@ from typing import Any
 
 from mlflow import MlflowClient
 
-from helpers import journal_study
+from helpers import journal_study, tiny_data
 
 N_TRIALS = 4
 
@@ -23,12 +23,9 @@ def test_dask_cluster_runs_the_trials_of_one_study(
 
     overrides = [
         "name=it-dask",
-        "data.n_users=400",
-        "data.n_items=200",
-        "data.n_interactions=12000",
+        *tiny_data(400, 200, 12_000, pruner="none"),
         f"workdir={tmp_path / 'runs'}",
         f"tracking.uri={tracking_uri}",
-        "study.pruner.kind=none",
         "search_space={wrmf: {factors: {type: int, low: 2, high: 24, log: true}, iterations: 5}}",
     ]
     with (

@@ -4,18 +4,16 @@ command prints (it used to be retried twice, 5 s apart, its cause among three tr
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from helpers import EXE
 from mfstudy.errors import DataError
 
 pytestmark = pytest.mark.slow
-
-EXE = str(Path(sys.executable).with_name("mfstudy"))
 
 
 def test_a_wrong_data_path_fails_the_flow_run_once_with_the_commands_line(

@@ -19,14 +19,13 @@ only on its number and on the trials the study holds when it is asked and pruned
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from mlflow import MlflowClient
 
-from helpers import journal_study
+from helpers import EXE, cli_sets, journal_study, tiny_data
 
 pytestmark = pytest.mark.slow
 
@@ -74,9 +73,7 @@ def _overrides(name: str, workdir: Path, uri: str | None, extra: list[str]) -> l
     return [
         *tracking,
         f"name={name}",
-        "data.n_users=400",
-        "data.n_items=200",
-        "data.n_interactions=12000",
+        *tiny_data(400, 200, 12_000),
         f"workdir={workdir}",
         "study.threads_per_worker=1",
         *extra,
@@ -112,10 +109,9 @@ def test_cli_and_flow_run_the_same_study(
     # The command with its default store (SQLite under the workdir), the flow with the
     # tracking server: both register version 1 of the model.
     cli_dir = tmp_path / "cli"
-    args = [a for o in _overrides(name, cli_dir, None, extra) for a in ("--set", o)]
-    exe = str(Path(sys.executable).with_name("mfstudy"))
+    args = cli_sets(_overrides(name, cli_dir, None, extra))
     res = subprocess.run(
-        [exe, "study", "--n-trials", str(n_trials), "--workers", str(workers), *args],
+        [EXE, "study", "--n-trials", str(n_trials), "--workers", str(workers), *args],
         cwd=tmp_path,
         capture_output=True,
         text=True,

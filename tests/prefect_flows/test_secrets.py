@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -19,11 +18,10 @@ import pytest
 import yaml
 from servers import MlflowServer
 
+from helpers import EXE
 from mfstudy.config import SyntheticSource
 
 pytestmark = pytest.mark.slow
-
-EXE = str(Path(sys.executable).with_name("mfstudy"))
 
 
 def _config(tmp_path: Path, server: MlflowServer, literal: str, name: str) -> Path:

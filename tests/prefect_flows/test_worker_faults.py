@@ -14,7 +14,7 @@ from typing import Any
 from mlflow import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
-from helpers import journal_study
+from helpers import journal_study, tiny_data
 
 NAME = "it-worker-dies"
 
@@ -25,12 +25,8 @@ def _overrides(workdir: Path, uri: str, name: str) -> list[str]:
     return [
         f"tracking.uri={uri}",
         f"name={name}",
-        "data.n_users=400",
-        "data.n_items=200",
-        "data.n_interactions=12000",
+        *tiny_data(400, 200, 12_000, pruner="none", threads_per_worker=1),
         f"workdir={workdir}",
-        "study.pruner.kind=none",
-        "study.threads_per_worker=1",
         "study.eval_every=10",
         "search_space={wrmf: {factors: {type: int, low: 8, high: 32}, "
         "regularization: {type: float, low: 0.01, high: 10, log: true}, iterations: 200}}",

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from helpers import tiny_data
 from mfstudy.config import load_config
 from mfstudy.prepare import holdout_fingerprint, ingest, prepare, split_stage, threshold_stage
 from tasks.data import data_cache_key
@@ -24,7 +25,7 @@ def _table(tmp_path: Path, rows: int, seed: int = 0) -> Path:
 
 
 def test_stages_chain_to_exactly_what_prepare_gives(tmp_path: Path) -> None:
-    cfg = load_config(None, ["data.n_users=300", "data.n_items=150", "data.n_interactions=6000"])
+    cfg = load_config(None, tiny_data(300, 150, 6_000))
     chained = split_stage(threshold_stage(ingest(cfg), cfg), cfg)
     ref = prepare(cfg)
     assert holdout_fingerprint(chained) == holdout_fingerprint(ref)

@@ -1,28 +1,9 @@
-"""Fixtures of the tracking tests; the session MLflow server is in tests/conftest.py."""
+"""Fixtures of the tracking tests; the MLflow server fixtures are in tests/conftest.py."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
-
 import pytest
-from servers import MlflowServer, free_port
-
-
-@pytest.fixture
-def start_server() -> Iterator[Callable[[Path], MlflowServer]]:
-    """Start extra servers (e.g. a short-lived one on the session server's store); all are
-    stopped after the test."""
-    started: list[MlflowServer] = []
-
-    def start(root: Path) -> MlflowServer:
-        server = MlflowServer(root)
-        started.append(server)
-        return server.start()
-
-    yield start
-    for server in started:
-        server.stop()
+from servers import free_port
 
 
 @pytest.fixture

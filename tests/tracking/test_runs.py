@@ -190,11 +190,14 @@ def test_unreachable_server_fails_fast_with_one_line(dead_uri: str) -> None:
 
 
 def test_outage_spools_and_replay_delivers(
-    mlflow_server: Any, start_server: Callable[[Path], Any], tracking_uri: str, tmp_path: Path
+    mlflow_server: Any,
+    new_mlflow_server: Callable[..., Any],
+    tracking_uri: str,
+    tmp_path: Path,
 ) -> None:
     # A second, short-lived server on the same SQLite store plays the server that goes away;
     # the session server (same data) is where the spool is replayed.
-    aux = start_server(mlflow_server.root)
+    aux = new_mlflow_server(mlflow_server.root)
     spool = tmp_path / "spool"
     st = start_study(aux.uri, "mfstudy-test-outage", "outage", {"a": 1}, {}, None)
 
@@ -310,6 +313,7 @@ def test_short_trial_costs_three_requests(
 def test_long_trial_is_created_and_flushed_by_time(
     tracking_uri: str, study: StudyRun, posts: list[str]
 ) -> None:
+    now = [0.0]  # a fake monotonic clock, set by hand: no sleep racing the 0.2 s window
     tr = TrialRun.start(
         tracking_uri,
         study.experiment_id,
@@ -319,21 +323,25 @@ def test_long_trial_is_created_and_flushed_by_time(
         flush_every=None,
         flush_seconds=0.2,
         create_now=False,
+        clock=lambda: now[0],
     )
     tr.log_epoch(1, _curve(1, 41))
-    assert tr.run_id is None
-    time.sleep(0.25)
-    tr.log_epoch(2, _curve(2, 41))  # past flush_seconds: the run appears with epochs 1-2
+    now[0] = 0.1
+    tr.log_epoch(2, _curve(2, 41))  # still within flush_seconds: buffered
+    assert tr.run_id is None and posts == []
+    now[0] = 0.2
+    tr.log_epoch(3, _curve(3, 41))  # flush_seconds reached: the run appears with epochs 1-3
     assert tr.run_id is not None
     assert posts == ["runs/create", "runs/log-batch"]
     client = MlflowClient(tracking_uri)
     assert client.get_run(tr.run_id).info.status == "RUNNING"
-    assert [s for s, _ in _history(client, tr.run_id, "test_precision_at_k")] == [1, 2]
-    tr.log_epoch(3, _curve(3, 41))  # within flush_seconds of the last flush: buffered
+    assert [s for s, _ in _history(client, tr.run_id, "test_precision_at_k")] == [1, 2, 3]
+    now[0] = 0.35
+    tr.log_epoch(4, _curve(4, 41))  # within flush_seconds of the last flush: buffered
     assert len(posts) == 2
     assert tr.end("pruned", best_epoch=3, best_value=0.1).delivered
     assert posts[2:] == ["runs/log-batch", "runs/update"]
-    assert [s for s, _ in _history(client, tr.run_id, "test_precision_at_k")] == [1, 2, 3]
+    assert [s for s, _ in _history(client, tr.run_id, "test_precision_at_k")] == [1, 2, 3, 4]
 
 
 def test_large_trial_record_is_split_at_the_server_limits_and_sent_once(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -35,18 +36,23 @@ def test_tracking_uri_defaults_to_an_absolute_sqlite_store(
     assert list(tmp_path.iterdir()) == []  # resolving creates nothing
 
 
+@pytest.mark.slow  # a fresh interpreter imports MLflow: seconds
 def test_importing_the_package_is_cheap_and_has_no_side_effects(tmp_path: Path) -> None:
+    # MLflow's process-wide tracking URI is left alone: the one the environment gives (never
+    # contacted here) is still the one MLflow reports after importing and using the package.
+    sentinel = "http://127.0.0.1:9/not-contacted"
     code = (
-        "import sys, mfstudy.tracking as t\n"
+        "import os, sys, mfstudy.tracking as t\n"
         "assert 'mlflow' not in sys.modules\n"
         "assert t.tracking_uri_for(None, '.').startswith('sqlite:')\n"
         "assert 'mlflow' not in sys.modules\n"
         "t.TrialRun\n"
         "assert 'mlflow' in sys.modules\n"
         "import mlflow\n"
-        "assert not mlflow.tracking._tracking_service.utils.is_tracking_uri_set()\n"
+        f"assert mlflow.get_tracking_uri() == os.environ['MLFLOW_TRACKING_URI'] == {sentinel!r}\n"
     )
-    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": sentinel}
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -227,6 +233,7 @@ def test_trial_run_without_server_is_picklable_and_spools_everything(
         tr.log_epoch(3, {"m": 1.0})
 
 
+@pytest.mark.slow  # creates (migrates) a real MLflow SQLite store: seconds
 def test_default_sqlite_store_keeps_runs_and_artifacts_under_the_root(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -83,23 +83,24 @@ def test_recipe_grid_is_the_blogs_180_points() -> None:
     assert points == set(itertools.product(*BLOG_GRID.values()))
 
 
-def test_grid_workers_with_their_own_samplers_cover_every_point_once() -> None:
-    # Parallel workers (and the flow's trial tasks) each build their own sampler with a
-    # worker index; trial n must still get a distinct grid point whichever worker asks.
+def test_grid_units_with_their_own_samplers_cover_every_point_once() -> None:
+    # Every trial unit (on any worker, command or flow) builds its own sampler; trial n must
+    # still get a distinct grid point whichever unit asks.
     from mfstudy.tuning import make_sampler
 
     cfg = load_config(REPO / "configs" / "recipe.yaml")
-    study = optuna.create_study()
+    storage = optuna.storages.InMemoryStorage()
+    name = optuna.create_study(storage=storage).study_name
     points = []
     for number in range(180):
+        # Each trial is asked of the study as a trial unit opens it, with a sampler of its own
+        # (never the one the study was created with).
+        sampler = make_sampler(cfg.study.sampler, cfg)
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
         trial = study.ask()
         assert trial.number == number
-        # Samplers are per worker, so the study's own sampler must not be the one asked.
-        sampler = make_sampler(cfg.study.sampler, cfg)
-        frozen = study._storage.get_trial(trial._trial_id)
-        sampler.before_trial(study, frozen)
-        grid_id = study._storage.get_trial_system_attrs(trial._trial_id)["grid_id"]
-        points.append(tuple(sampler._all_grids[grid_id]))
+        _, params = suggest(trial, cfg.search_space)
+        points.append((params["factors"], params["regularization"], params["alpha"]))
         study.tell(trial, 0.0)
     assert len(set(points)) == 180
 

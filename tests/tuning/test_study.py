@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
+from helpers import tiny_data
 from mfstudy.config import StudyConfig, load_config
 from mfstudy.prepare import prepare, write_prepared
 from mfstudy.tuning import (
@@ -20,13 +21,13 @@ from mfstudy.tuning import (
 )
 
 SMALL = [
-    "data.n_users=300",
-    "data.n_items=150",
-    "data.n_interactions=9000",
+    *tiny_data(300, 150, 9_000),
     "search_space={wrmf: {factors: {type: int, low: 4, high: 16}, "
     "regularization: {type: float, low: 0.01, high: 10, log: true}, iterations: 6}}",
     "study.pruner.kind=none",
 ]
+
+pytestmark = pytest.mark.slow  # real studies with worker processes: seconds each
 
 
 def _setup(tmp_path: Path, extra: list[str] = ()) -> tuple[StudyConfig, TrialContext]:
