@@ -187,6 +187,15 @@ def _select_chunk(
         times = np.bincount(
             inv, weights=np.concatenate([times, np.ones(len(extra))]), minlength=len(keys)
         )
+    short = np.flatnonzero(np.bincount(keys // n_items, minlength=n_local) < k)
+    if len(short) and len(short) * n_items <= _CHUNK_CANDIDATES:
+        # Users whose quota is (nearly) every item: random draws find the last few missing
+        # items slowly (a coupon collector), so every item becomes a candidate of theirs.
+        extra = (short[:, None] * n_items + np.arange(n_items)).ravel()
+        keys, inv = np.unique(np.concatenate([keys, extra]), return_inverse=True)
+        times = np.bincount(
+            inv, weights=np.concatenate([times, np.ones(len(extra))]), minlength=len(keys)
+        )
     users = keys // n_items
     items = keys - users * n_items
     s = _dots(pt_chunk, qt, users, items)
