@@ -34,7 +34,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.exceptions import TerminationSignal
-from prefect.futures import PrefectFuture, wait
+from prefect.futures import PrefectFuture, as_completed, wait
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import Field
 
@@ -72,6 +72,7 @@ from tasks import (
     threshold_task,
     warm_up_task,
 )
+from tasks.study import TrialFailed
 
 __all__ = ["PrefectLanes", "artifact_key", "study_flow", "trial_runner", "trials_markdown"]
 
@@ -92,7 +93,7 @@ def trial_runner(kind: RunnerKind, workers: int, dask_address: str | None) -> Ta
     """Where trial task runs run: threads that wait for this machine's trial workers, or the
     Dask scheduler at an address.
 
-    Threads: one per worker plus one, because :func:`run_trials` keeps a trial queued. With
+    Threads: one per worker (:func:`run_trials` keeps one trial per worker in flight). With
     Dask, workers on other machines join the same study only if the Optuna storage is shared
     (`study.storage`: a PostgreSQL URL or a journal file on a shared file system).
     """
@@ -102,7 +103,7 @@ def trial_runner(kind: RunnerKind, workers: int, dask_address: str | None) -> Ta
         from prefect_dask import DaskTaskRunner
 
         return DaskTaskRunner(address=dask_address)
-    return ThreadPoolTaskRunner(max_workers=workers + 1)
+    return ThreadPoolTaskRunner(max_workers=workers)
 
 
 def artifact_key(prefix: str, name: str) -> str:
@@ -123,34 +124,68 @@ def prepare_data(cfg: StudyConfig) -> Any:
 PROGRESS_EVERY = 5.0
 
 
+class _Outcome:
+    """A trial task run's future, read as its :class:`TrialOutcome`: a failed trial's task
+    run ends Failed (with the trial's one line) yet still carries the outcome."""
+
+    def __init__(self, future: PrefectFuture[Any]) -> None:
+        self.future = future
+
+    def result(self) -> TrialOutcome:
+        got = self.future.result(raise_on_failure=False)
+        if isinstance(got, TrialFailed):
+            return got.outcome
+        if isinstance(got, BaseException):  # a bug, or a cancelled trial
+            raise got
+        if isinstance(got, TrialOutcome):
+            return got
+        return self.future.result()  # a state without an outcome (cancelled) raises here
+
+
 class PrefectLanes:
-    """Trial units as task runs of `runner` (:func:`mfstudy.tuning.drive_trials` decides
-    which and when): a thread each that hands the unit to `trials`, this machine's trial
-    workers, or with `trials` None the unit itself on a Dask worker. `runner` (and `trials`)
-    must already be entered."""
+    """Trial units as task runs of `runner`, named `trial-<number>`
+    (:func:`mfstudy.tuning.drive_trials` decides which and when): a thread each that hands the
+    unit to `trials`, this machine's trial workers, or with `trials` None runs the unit itself
+    on a Dask worker. `runner` (and `trials`) must already be entered."""
 
     def __init__(self, runner: TaskRunner[Any], trials: TrialExecutor | None) -> None:
         self.runner = runner
         self.trials = trials
 
-    def submit(self, ctx: TrialContext, slot: int) -> PrefectFuture[Any]:
-        return self.runner.submit(run_trial_task, {"ctx": ctx, "slot": slot, "trials": self.trials})
+    def submit(self, ctx: TrialContext, number: int) -> _Outcome:
+        params = {"ctx": ctx, "number": number, "trials": self.trials}
+        return _Outcome(self.runner.submit(run_trial_task, params))
 
-    def wait(self, futures: list[Any], timeout: float) -> tuple[Any, Any]:
-        done, not_done = wait(futures, timeout=timeout)
-        return done, not_done
+    def wait(self, futures: list[Any], timeout: float) -> tuple[list[Any], list[Any]]:
+        # The first one done, not all: the next trial starts the moment one ends.
+        by_future = {f.future: f for f in futures}
+        try:
+            first = next(as_completed(list(by_future), timeout=timeout))
+        except TimeoutError:
+            return [], futures
+        done = [f for fut, f in by_future.items() if fut is first or fut.state.is_final()]
+        return done, [f for f in futures if f not in done]
+
+
+def progress_line(info: dict[str, Any], metric: str) -> str:
+    """Trials done of the budget, the best so far, pruned and failed: the progress artifact's
+    description and the flow's progress line."""
+    best = "-" if info["best"] is None else f"{info['best']:.5f}"
+    return (
+        f"trials {info['finished']}/{info['total']} done, best {metric} {best}, "
+        f"pruned {info['pruned']}, failed {info['fail']}"
+    )
 
 
 def run_trials(
     session: StudySession, runner: TaskRunner[Any], workers: int, trials: TrialExecutor | None
 ) -> list[TrialOutcome]:
-    """The study's trials as task runs (`workers` + 1 in flight: the one beyond `workers`
-    waits for a free worker, so the next trial starts the moment one ends; in the Prefect UI
-    it shows as running meanwhile), with a progress artifact and a progress line."""
+    """The study's trials as task runs, `workers` at a time, with a progress artifact (trials
+    done of the budget, best so far, pruned and failed) and a progress line."""
     cfg = session.cfg
     logger = get_run_logger()
     progress = create_progress_artifact(
-        0.0, key=artifact_key("trials", cfg.name), description=f"{cfg.name}: trials finished"
+        0.0, key=artifact_key("trials", cfg.name), description=f"{cfg.name}: starting"
     )
     reported = [time.monotonic()]
 
@@ -160,22 +195,16 @@ def run_trials(
             return
         reported[0] = time.monotonic()
         info = progress_info(study, cfg)
+        line = progress_line(info, cfg.metric)
         if progress is not None:
             update_progress_artifact(
-                progress, 100.0 * min(1.0, info["finished"] / max(1, info["total"]))
+                progress,
+                100.0 * min(1.0, info["finished"] / max(1, info["total"])),
+                description=f"{cfg.name}: {line}",
             )
-        best = "-" if info["best"] is None else f"{info['best']:.5f}"
-        logger.info(
-            "trials finished %d/%d, best %s %s (pruned %d, failed %d)",
-            info["finished"],
-            info["total"],
-            cfg.metric,
-            best,
-            info["pruned"],
-            info["fail"],
-        )
+        logger.info("%s", line)
 
-    return drive_trials(session.ctx, PrefectLanes(runner, trials), workers + 1, on_poll=on_poll)
+    return drive_trials(session.ctx, PrefectLanes(runner, trials), workers, on_poll=on_poll)
 
 
 def trials_markdown(cfg: StudyConfig, result: StudyResult) -> str:

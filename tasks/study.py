@@ -16,7 +16,7 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.states import Cancelled
+from prefect.states import Cancelled, Completed, Failed
 
 from mfstudy.config import StudyConfig
 from mfstudy.models import Recommender
@@ -43,6 +43,7 @@ from mfstudy.tuning import (
 from tasks._retry import unless_user_error
 
 __all__ = [
+    "TrialFailed",
     "end_study_task",
     "open_study_task",
     "register_task",
@@ -95,37 +96,50 @@ def open_study_task(cfg: StudyConfig, prepared: Prepared) -> StudySession:
     return session
 
 
-@task(name="trial", task_run_name="trial-{slot}", **_PLAIN)
+class TrialFailed(Exception):
+    """A trial that failed (diverged, crashed, its worker died): the data of its task run's
+    Failed state, which must be an exception; `outcome` is the trial's :class:`TrialOutcome`."""
+
+    def __init__(self, message: str, outcome: TrialOutcome) -> None:
+        super().__init__(message, outcome)
+        self.outcome = outcome
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@task(name="trial", task_run_name="trial-{number}", **_PLAIN)
 def run_trial_task(
-    ctx: TrialContext, slot: int = 0, trials: TrialExecutor | None = None
-) -> TrialOutcome | None:
-    """Reserve one trial and run it; None when the budget is used up (nothing was run).
+    ctx: TrialContext, number: int, trials: TrialExecutor | None = None
+) -> TrialOutcome:
+    """Run the reserved Optuna trial `number`; the task run is named after it.
 
     With `trials` the trial runs on one of this machine's trial workers (the task run itself
     only waits for it, so it costs the flow's process next to nothing); without, here (a Dask
-    worker). `slot` only names the task run; the trial number is known once it is reserved.
-    If the worker process dies mid-trial, that trial is marked failed (Optuna and MLflow) and
-    returned as such; if the workers were stopped (a cancelled flow run), the task run ends
-    Cancelled, its trial marked failed, without a traceback.
+    worker). The task run's state tells the trial's: Completed for a complete trial, Completed
+    named "Pruned" for a pruned one, Failed with the trial's one-line error for a failed one
+    (its worker process dying included: the trial is marked failed in Optuna and MLflow and
+    the budget re-runs it). If the workers were stopped (a cancelled flow run), the task run
+    ends Cancelled, its trial marked failed, without a traceback. Each state carries the
+    :class:`TrialOutcome`.
     """
     logger = get_run_logger()
     try:
-        outcome = run_one(ctx, trials, logger)
+        outcome = run_one(ctx, number, trials, logger)
     except TrialsStopped as stopped:  # the flow run is being cancelled (or failed)
         return Cancelled(message=str(stopped))  # type: ignore[return-value]
-    if outcome is None:
-        logger.info("budget of %d trials reached: nothing to run", ctx.n_trials)
-    else:
-        value = "-" if outcome.value is None else f"{outcome.value:.5f}"
-        logger.info(
-            "trial %d %s: %s=%s at epoch %s, %s",
-            outcome.number,
-            outcome.state,
-            ctx.config.metric,
-            value,
-            outcome.best_epoch,
-            outcome.params,
-        )
+    value = "-" if outcome.value is None else f"{outcome.value:.5f}"
+    line = (
+        f"trial {outcome.number} {outcome.state}: {ctx.config.metric}={value} at epoch "
+        f"{outcome.best_epoch}, {outcome.params}"
+    )
+    if outcome.state == "failed":
+        logger.error("%s", line)
+        message = f"trial {number} failed: {outcome.error}"
+        return Failed(message=message, data=TrialFailed(message, outcome))  # type: ignore[return-value]
+    logger.info("%s", line)
+    if outcome.state == "pruned":
+        return Completed(name="Pruned", message=line, data=outcome)  # type: ignore[return-value]
     return outcome
 
 

@@ -1,21 +1,23 @@
-"""The one way a study's trials run: a driver that resubmits one unit, on some lanes.
+"""The one way a study's trials run: a driver reserves trials and hands each to a lane.
 
-The unit is :func:`one_trial`: reserve a trial under the budget lock and run it (None when the
-budget is used up or the deadline passed). :func:`drive_trials` keeps a number of units in
-flight on :class:`TrialLanes` and submits another each time one returns a trial, until one
-returns None; then it waits for the rest. `mfstudy study` and the Prefect flow both call it;
-they differ only in their lanes (where a unit executes):
+:func:`drive_trials` reserves a trial (under the budget lock, in the caller's process) and
+submits the unit :func:`one_trial` for its number to :class:`TrialLanes`, keeping one unit per
+worker in flight, until the budget is used up or the deadline passed; then it waits for the
+rest. So every unit runs a trial (none finds the budget gone) and the trial's number is known
+when the unit is submitted. `mfstudy study` and the Prefect flow both call it; they differ
+only in their lanes (where a unit executes):
 
 - :class:`LocalLanes` (the command): in this process for one worker, else on `workers`
-  long-lived processes (:class:`~mfstudy.tuning.TrialProcesses`) fed by a thread each;
-- the flow's lanes (`flows/study.py`): a Prefect task run per unit, whose thread hands the
-  unit to the same trial processes, or runs it on a Dask worker.
+  long-lived processes (:class:`~mfstudy.tuning._executors.TrialProcesses`) fed by a thread
+  each;
+- the flow's lanes (`flows/study.py`): a Prefect task run per trial, named by its number,
+  whose thread hands the unit to the same trial processes, or runs it on a Dask worker.
 
-Which trial a unit runs, and which parameters it gets, is decided in the study's storage under
-the reservation lock, and the sampler is seeded by the trial number
-(:class:`~mfstudy.tuning._factories.PerTrialSeedSampler`): so with one worker every path runs
-the same trials in the same order with the same results. With several workers, trials run
-concurrently and a proposal depends on which trials had finished when it was asked; see
+A trial's parameters are sampled when its unit starts (:func:`~mfstudy.tuning._worker.take_trial`)
+by a sampler seeded by the trial number
+(:class:`~mfstudy.tuning._factories.PerTrialSeedSampler`): with one worker every path runs the
+same trials in the same order with the same results. With several workers, trials overlap and
+a proposal depends on which trials had finished when it was sampled; see
 `tests/prefect_flows/test_same_as_cli.py` for the cases that stay deterministic.
 
 This mirrors Optuna's own `study/_optimize.py`, whose parallel path resubmits its sequential
@@ -35,8 +37,15 @@ import optuna
 
 from mfstudy.prepare import Prepared, read_prepared
 from mfstudy.tuning._executors import TrialExecutor, TrialProcesses, WorkerDied
-from mfstudy.tuning._study import _poll_study, fail_worker_trial, quiet
-from mfstudy.tuning._worker import TrialContext, TrialOutcome, load_study, reserve_trial, run_trial
+from mfstudy.tuning._study import fail_worker_trial, quiet
+from mfstudy.tuning._worker import (
+    TrialContext,
+    TrialOutcome,
+    load_study,
+    reserve_trial,
+    run_trial,
+    take_trial,
+)
 from mfstudy.workdir import study_lock
 
 __all__ = [
@@ -79,17 +88,13 @@ def _prepared(ctx: TrialContext) -> Prepared:
     return prepared
 
 
-def one_trial(ctx: TrialContext) -> TrialOutcome | None:
-    """Reserve one trial of the study (under the budget lock) and run it; None when the budget
-    is used up or the deadline passed. The trial's fit, evaluation included, runs under its
-    thread cap (`run_trial`)."""
+def one_trial(ctx: TrialContext, number: int) -> TrialOutcome:
+    """Run the reserved trial `number` here: sample its parameters, train, report, tell. The
+    fit, evaluation included, runs under the trial's thread cap (`run_trial`)."""
     quiet()
     prepared = _prepared(ctx)
     study = load_study(ctx)
-    trial = reserve_trial(study, ctx)
-    if trial is None:
-        return None
-    return run_trial(trial, study, prepared, ctx)
+    return run_trial(take_trial(study, number), study, prepared, ctx)
 
 
 class _Logs(Protocol):
@@ -99,34 +104,28 @@ class _Logs(Protocol):
 
 
 def run_one(
-    ctx: TrialContext, trials: TrialExecutor | None, logs: _Logs = log
-) -> TrialOutcome | None:
-    """:func:`one_trial` on one of `trials` (None: here, in this process), re-emitting the log
-    lines it wrote there on `logs`.
+    ctx: TrialContext, number: int, trials: TrialExecutor | None, logs: _Logs = log
+) -> TrialOutcome:
+    """:func:`one_trial` for trial `number` on one of `trials` (None: here, in this process),
+    re-emitting the log lines it wrote there on `logs`.
 
-    If the worker process dies mid-trial (`kill -9`, the OOM killer), that trial is marked
+    If the worker process dies mid-trial (`kill -9`, the OOM killer), the trial is marked
     failed in Optuna and tracking and returned as failed; a fresh process has taken the dead
     one's place and the budget re-runs it. If the workers were stopped (an interrupted or
-    cancelled study), :class:`TrialsStopped` says which trial was marked failed.
+    cancelled study), the trial is marked failed the same way and :class:`TrialsStopped` says
+    so.
     """
     if trials is None:
-        return one_trial(ctx)
-    for attempt in range(3):
-        try:
-            outcome, lines = trials.run(one_trial, ctx)
-            break
-        except WorkerDied as died:
-            trial = fail_worker_trial(ctx, died.token, died.reason)
-            held = "no trial" if trial is None else f"trial {trial.number} marked failed"
-            logs.warning("%s: %s", died.reason, held)
-            if died.stopped is not None:
-                raise TrialsStopped(f"{died.reason}: {held}") from None
-            if trial is not None:
-                return TrialOutcome(
-                    trial.number, "failed", None, None, dict(trial.params), died.reason
-                )
-            if attempt == 2:  # workers dying before they even reserve a trial
-                raise
+        return one_trial(ctx, number)
+    try:
+        outcome, lines = trials.run(one_trial, ctx, number)
+    except WorkerDied as died:
+        trial = fail_worker_trial(ctx, number, died.reason)
+        logs.warning("%s: trial %d marked failed", died.reason, number)
+        if died.stopped is not None:
+            raise TrialsStopped(f"{died.reason}: trial {number} marked failed") from None
+        params = {} if trial is None else dict(trial.params)
+        return TrialOutcome(number, "failed", None, None, params, died.reason)
     for level, _name, message in lines:  # said in a worker process, shown here
         logs.log(level, "%s", message)
     return outcome
@@ -136,12 +135,12 @@ def run_one(
 
 
 class TrialLanes(Protocol):
-    """Where units run. `submit(ctx, slot)` starts :func:`run_one` for `ctx` somewhere and
-    returns a future (anything with `result()`); `wait(futures, timeout)` returns
-    `(done, not_done)` once at least one is done or `timeout` seconds passed. `slot` numbers
-    the submissions from 1 (to name them; the trial number is known only once reserved)."""
+    """Where units run. `submit(ctx, number)` starts :func:`run_one` for the reserved trial
+    `number` somewhere and returns a future (anything with `result()`, giving the
+    :class:`TrialOutcome`); `wait(futures, timeout)` returns `(done, not_done)` once at least
+    one is done or `timeout` seconds passed."""
 
-    def submit(self, ctx: TrialContext, slot: int) -> Any: ...
+    def submit(self, ctx: TrialContext, number: int) -> Any: ...
 
     def wait(self, futures: list[Any], timeout: float) -> tuple[Iterable[Any], Iterable[Any]]: ...
 
@@ -161,15 +160,9 @@ class LocalLanes:
         self._procs = TrialProcesses(workers, threads, warm_up) if workers > 1 else None
         self._pool: ThreadPoolExecutor | None = None
 
-    @property
-    def in_flight(self) -> int:
-        """Units to keep submitted: one per worker, plus one queued so the next trial starts
-        the moment one ends (none queued in this process: it would run at submission)."""
-        return 1 if self._procs is None else self.workers + 1
-
     def __enter__(self) -> LocalLanes:
         if self._procs is not None:
-            self._pool = ThreadPoolExecutor(self.in_flight, thread_name_prefix="trial")
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="trial")
             self._procs.__enter__()
         return self
 
@@ -185,12 +178,12 @@ class LocalLanes:
             finally:
                 self._pool.shutdown(wait=True)  # the threads end once their process answers
 
-    def submit(self, ctx: TrialContext, slot: int) -> Future[TrialOutcome | None]:
+    def submit(self, ctx: TrialContext, number: int) -> Future[TrialOutcome]:
         if self._pool is None:
-            fut: Future[TrialOutcome | None] = Future()
-            fut.set_result(one_trial(ctx))  # an exception (Ctrl-C) propagates from here
+            fut: Future[TrialOutcome] = Future()
+            fut.set_result(one_trial(ctx, number))  # an exception (Ctrl-C) propagates from here
             return fut
-        return self._pool.submit(run_one, ctx, self._procs)
+        return self._pool.submit(run_one, ctx, number, self._procs)
 
     def wait(self, futures: list[Any], timeout: float) -> tuple[Iterable[Any], Iterable[Any]]:
         return concurrent.futures.wait(futures, timeout, concurrent.futures.FIRST_COMPLETED)
@@ -202,45 +195,43 @@ class LocalLanes:
 def drive_trials(
     ctx: TrialContext,
     lanes: TrialLanes,
-    in_flight: int,
+    workers: int,
     on_poll: OnPoll | None = None,
     poll_seconds: float = 2.0,
 ) -> list[TrialOutcome]:
-    """Keep `in_flight` units submitted on `lanes` until one finds the budget used up (or the
-    deadline passed), then wait for the others; the outcomes of the trials that ran.
+    """Reserve trials and submit them on `lanes`, `workers` at a time, until the budget is used
+    up (or the deadline passed), then wait for the others; the outcomes of the trials run.
 
-    Each unit reserves its trial when it starts, under the study's lock, so the budget is exact
-    whatever runs the units. `on_poll(study, last)` is called once before the first unit, after
-    units returned, and with `last=True` at the end. An exception from a unit (a bug, or
-    :class:`TrialsStopped`) is raised at once: the caller's lanes, left on it, stop the units
-    still running.
+    Trials are reserved here, one at a time, under the study's reservation lock, so the budget
+    is exact whatever runs the units (also with other processes on the same study).
+    `on_poll(study, last)` is called once before the first trial, after trials returned, and
+    with `last=True` at the end. An exception from a unit (a bug, or :class:`TrialsStopped`)
+    is raised at once: the caller's lanes, left on it, stop the units still running.
     """
-    study = _poll_study(ctx)
+    study = load_study(ctx)
     if on_poll is not None:
         on_poll(study, False)
     outcomes: list[TrialOutcome] = []
-    slot = 0
+    pending: set[Any] = set()
     exhausted = False
 
-    def submit() -> Any:
-        nonlocal slot
-        slot += 1
-        return lanes.submit(ctx, slot)
+    def submit() -> None:
+        nonlocal exhausted
+        trial = reserve_trial(study, ctx)
+        if trial is None:
+            exhausted = True
+        else:
+            pending.add(lanes.submit(ctx, trial.number))
 
-    pending: set[Any] = set()
-    for _ in range(in_flight):
-        pending.add(submit())
+    while not exhausted and len(pending) < workers:
+        submit()
     while pending:
-        done, rest = lanes.wait(list(pending), poll_seconds)
-        pending = set(rest)
+        done, _ = lanes.wait(list(pending), poll_seconds)
+        pending.difference_update(done)
         for fut in done:
-            outcome = fut.result()
-            if outcome is None:
-                exhausted = True
-                continue
-            outcomes.append(outcome)
+            outcomes.append(fut.result())
             if not exhausted:
-                pending.add(submit())
+                submit()
         if done and on_poll is not None:
             on_poll(study, False)
     if on_poll is not None:
@@ -257,4 +248,4 @@ def run_local(
     """:func:`drive_trials` on this machine's :class:`LocalLanes` (what `mfstudy study` does
     between opening and closing the study); the outcomes of the trials that ran."""
     with LocalLanes(workers, ctx.threads, warm_up) as lanes:
-        return drive_trials(ctx, lanes, lanes.in_flight, on_poll=on_poll)
+        return drive_trials(ctx, lanes, workers, on_poll=on_poll)

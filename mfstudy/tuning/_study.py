@@ -101,11 +101,15 @@ def fail_stale_trials(study: optuna.Study, cfg: StudyConfig | None = None) -> li
         return _fail_stale_trials(study)
 
 
-def _fail_stale_trials(study: optuna.Study, reason: str | None = None) -> list[FrozenTrial]:
+def _fail_stale_trials(
+    study: optuna.Study, reason: str | None = None, number: int | None = None
+) -> list[FrozenTrial]:
     stale = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         token = t.user_attrs.get(WORKER_ATTR)
-        if token is None or not token_alive(token):
+        # Trial `number` was handed to a process that died: it may have died before stamping
+        # its own token on it, so it is failed whoever holds it.
+        if t.number == number or token is None or not token_alive(token):
             # Marked before the FAIL (a finished trial is read-only) so the budget re-runs it.
             study._storage.set_trial_user_attr(t._trial_id, CRASHED_ATTR, True)
             if reason is not None:
@@ -126,24 +130,24 @@ def threads_per_worker(cfg: StudyConfig, workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
-def fail_worker_trial(ctx: TrialContext, token: str, reason: str) -> FrozenTrial | None:
-    """After a worker process of this machine ended mid-call (it died, or was stopped): mark
-    FAIL the trials left RUNNING by dead workers, end their tracking runs FAILED with `reason`
-    (when `ctx.tracker` can), and return the trial the worker `token` held, if any.
+def fail_worker_trial(ctx: TrialContext, number: int, reason: str) -> FrozenTrial | None:
+    """After the worker process running trial `number` ended mid-call (it died, or was
+    stopped): mark that trial FAIL, and any other left RUNNING by dead workers; end their
+    tracking runs FAILED with `reason` (when `ctx.tracker` can). Returns trial `number` if it
+    was marked here or before (another caller may have been first: two workers lost at once).
 
-    The same marking as on resume (:func:`fail_stale_trials`: a trial carries its worker's
-    token from the moment it is reserved), only at once: the trial is re-run by the budget
-    while the study goes on. The worker must be reaped first (a zombie's pid still answers).
+    The same marking as on resume (:func:`fail_stale_trials`), only at once: the trial is
+    re-run by the budget while the study goes on. The worker must be reaped first (a zombie's
+    pid still answers).
     """
     study = _poll_study(ctx)
     with reservation_lock(ctx.config, ctx.storage):
-        failed = _fail_stale_trials(study, reason)
+        failed = _fail_stale_trials(study, reason, number)
     if isinstance(ctx.tracker, FailsCrashedTrials):
         for t in failed:
             ctx.tracker.fail_crashed(t.number, t.user_attrs.get("mlflow_run_id"), reason)
-    # Another caller may have marked it first (two workers lost at once).
     for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        if t.user_attrs.get(WORKER_ATTR) == token and CRASHED_ATTR in t.user_attrs:
+        if t.number == number and CRASHED_ATTR in t.user_attrs:
             return t
     return None
 

@@ -157,7 +157,9 @@ def token_alive(token: str) -> bool:
 
 
 def reserve_trial(study: optuna.Study, ctx: TrialContext) -> optuna.Trial | None:
-    """A new RUNNING trial, or None when finished + running trials reach the budget."""
+    """A new RUNNING trial, or None when finished + running trials reach the budget (or the
+    deadline passed). It carries this process's token until a worker takes it
+    (:func:`take_trial`)."""
     import time
 
     if ctx.deadline is not None and time.time() >= ctx.deadline:
@@ -168,6 +170,23 @@ def reserve_trial(study: optuna.Study, ctx: TrialContext) -> optuna.Trial | None
         trial = study.ask()
         trial.set_user_attr(WORKER_ATTR, worker_token())
         return trial
+
+
+def take_trial(study: optuna.Study, number: int) -> optuna.Trial:
+    """The reserved (RUNNING) trial `number`, to run in this process, stamped with this
+    process's token: from now on its trial is failed if this process dies.
+
+    Its parameters are sampled here, when the objective first asks for them, so a sampler sees
+    every trial finished before this one started.
+    """
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.number == number:
+            # Optuna has no public accessor for a trial's storage id; its public Trial
+            # constructor takes one, as Optuna's own ask() does.
+            trial = optuna.trial.Trial(study, t._trial_id)
+            trial.set_user_attr(WORKER_ATTR, worker_token())
+            return trial
+    raise RuntimeError(f"trial {number} of study {study.study_name!r} is not running")
 
 
 # ----------------------------------------------------------------------------- one trial

@@ -141,12 +141,16 @@ def test_flow_trial_worker_killed_mid_trial_costs_only_its_trial(
     assert runs[victim.number].data.tags["mfstudy.error"] == "worker process died (signal 9)"
     assert all(runs[n].info.status == "FINISHED" for n in by_number if n != victim.number)
 
-    # Every trial task run completed, the dead worker's reporting its trial failed: none
-    # failed with a traceback.
+    # One task run per trial, named by its number: the dead worker's ended Failed with the
+    # trial's one line (no traceback), every other one Completed.
     tasks = _task_runs(state.state_details.flow_run_id)
-    trial_tasks = [t for t in tasks if t.name.startswith("trial-")]
-    assert trial_tasks and all(t.state.is_completed() for t in trial_tasks), [
-        (t.name, t.state.name) for t in trial_tasks
+    trial_tasks = {t.name: t for t in tasks if t.name.startswith("trial-")}
+    assert sorted(trial_tasks) == sorted(f"trial-{n}" for n in by_number)
+    dead = trial_tasks.pop(f"trial-{victim.number}").state
+    assert dead.is_failed(), dead
+    assert dead.message == f"trial {victim.number} failed: worker process died (signal 9)"
+    assert all(t.state.is_completed() for t in trial_tasks.values()), [
+        (t.name, t.state.name) for t in trial_tasks.values()
     ]
 
 
