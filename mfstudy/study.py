@@ -347,7 +347,12 @@ def open_study(cfg: StudyConfig, prepared: Prepared | None = None) -> StudySessi
         n_trials=cfg.study.n_trials,
         threads=threads,
         tracker=tracking.MlflowTrialLogs(
-            uri, parent.experiment_id, parent.run_id, spool, cfg.tracking.flush_seconds
+            uri,
+            parent.experiment_id,
+            parent.run_id,
+            spool,
+            cfg.tracking.flush_seconds,
+            metric=cfg.metric,
         ),
         deadline=time.time() + cfg.study.timeout if cfg.study.timeout else None,
     )

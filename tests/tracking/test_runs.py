@@ -105,6 +105,8 @@ def test_trials_are_nested_with_per_epoch_metrics_and_states(
             params,
             spool_dir=tmp_path,
             flush_every=3,
+            # Trial 0 as a study opens it (the objective's metric named); the others without.
+            metric="test_precision_at_k" if n == 0 else None,
         )
         # A trial run crosses process boundaries by value (ids and buffers, no client).
         tr = pickle.loads(pickle.dumps(tr))
@@ -130,6 +132,12 @@ def test_trials_are_nested_with_per_epoch_metrics_and_states(
         assert run.info.status == status[state]
         assert run.data.params["factors"] == str(8 * (n + 1))
         assert run.data.params["nested"] == '{"a": 1}'
+        # The selected value and epoch as metrics (sortable), for pruned and failed runs too.
+        best_key = "best_test_precision_at_k" if n == 0 else "best_value"
+        assert run.data.metrics[best_key] == 0.5 + n
+        assert run.data.metrics["best_epoch"] == epochs[n]
+        other = ({"best_value", "best_test_precision_at_k"} - {best_key}).pop()
+        assert other not in run.data.metrics
         for key in _curve(1, n):
             got = _history(client, ids[n], key)
             want = [(e, _curve(e, n)[key]) for e in range(1, epochs[n] + 1)]
@@ -202,8 +210,9 @@ def test_outage_spools_and_replay_delivers(
     st = start_study(aux.uri, "mfstudy-test-outage", "outage", {"a": 1}, {}, None)
 
     tr = TrialRun.start(
-        aux.uri, st.experiment_id, st.run_id, 0, {"p": 1}, spool_dir=spool, flush_every=2
-    )
+        aux.uri, st.experiment_id, st.run_id, 0, {"p": 1}, spool_dir=spool, flush_every=2,
+        metric="test_mse",
+    )  # fmt: skip
     for epoch in (1, 2):  # flushed at epoch 2
         tr.log_epoch(epoch, _curve(epoch, 0))
     aux.stop()
@@ -218,7 +227,9 @@ def test_outage_spools_and_replay_delivers(
     tr.log_epoch(6, _curve(6, 0))
 
     # A trial that starts while the server is down still runs; its run is created later.
-    late = TrialRun.start(aux.uri, st.experiment_id, st.run_id, 1, {"p": 2}, spool_dir=spool)
+    late = TrialRun.start(
+        aux.uri, st.experiment_id, st.run_id, 1, {"p": 2}, spool_dir=spool, metric="test_mse"
+    )
     assert late.run_id is None
     for epoch in (1, 2, 3):
         late.log_epoch(epoch, _curve(epoch, 1))
@@ -244,6 +255,9 @@ def test_outage_spools_and_replay_delivers(
     assert [v for _, v in got0] == pytest.approx(
         [_curve(e, 0)["test_precision_at_k"] for e in range(1, 7)]
     )
+    # The selected value came from the spool too, exactly once.
+    assert _history(client, first.run_id, "best_test_mse") == [(0, 0.2)]
+    assert run0.data.metrics["best_epoch"] == 3
     children = client.search_runs(
         [st.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{st.run_id}'"
     )
@@ -252,6 +266,7 @@ def test_outage_spools_and_replay_delivers(
     run1 = by_number["1"]
     assert run1.info.status == "FINISHED" and run1.info.run_name == "trial-0001"
     assert run1.data.params["p"] == "2"
+    assert (run1.data.metrics["best_test_mse"], run1.data.metrics["best_epoch"]) == (0.3, 3)
     got1 = _history(client, run1.info.run_id, "test_mse")
     assert [s for s, _ in got1] == [1, 2, 3]
     assert [v for _, v in got1] == pytest.approx([_curve(e, 1)["test_mse"] for e in (1, 2, 3)])
@@ -292,7 +307,10 @@ def test_short_trial_costs_three_requests(
     from mfstudy.tracking import MlflowTrialLogs
 
     # Opened as a study opens trial runs: created at the first flush (time-based) or the end.
-    logs = MlflowTrialLogs(tracking_uri, study.experiment_id, study.run_id, tmp_path, 600.0)
+    logs = MlflowTrialLogs(
+        tracking_uri, study.experiment_id, study.run_id, tmp_path, 600.0, metric="test_mse"
+    )
+    logs = pickle.loads(pickle.dumps(logs))  # as it reaches the worker processes
     tr = logs(40, {"factors": 8, "reg": 0.1})
     for epoch in range(1, 20):
         tr.log_epoch(epoch, _curve(epoch, 40))
@@ -305,6 +323,7 @@ def test_short_trial_costs_three_requests(
     assert run.info.status == "FINISHED" and run.info.run_name == "trial-0040"
     assert run.data.params == {"factors": "8", "reg": "0.1"}
     assert run.data.tags["mfstudy.best_epoch"] == "19"
+    assert (run.data.metrics["best_test_mse"], run.data.metrics["best_epoch"]) == (0.5, 19)
     assert run.data.tags["mlflow.parentRunId"] == study.run_id
     got = _history(MlflowClient(tracking_uri), end.run_id, "test_precision_at_k")
     assert [s for s, _ in got] == list(range(1, 20))

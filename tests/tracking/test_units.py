@@ -213,7 +213,9 @@ def test_saved_model_and_maps_round_trip(tmp_path: Path, monkeypatch: pytest.Mon
 def test_trial_run_without_server_is_picklable_and_spools_everything(
     dead_uri: str, tmp_path: Path
 ) -> None:
-    tr = TrialRun.start(dead_uri, "5", "parentid", 12, {"a": 1}, spool_dir=tmp_path, flush_every=1)
+    tr = TrialRun.start(
+        dead_uri, "5", "parentid", 12, {"a": 1}, spool_dir=tmp_path, flush_every=1, metric="m"
+    )
     tr = pickle.loads(pickle.dumps(tr))
     tr.log_epoch(1, {"m": 0.5})
     tr.log_epoch(2, {"m": float("nan")})
@@ -226,8 +228,10 @@ def test_trial_run_without_server_is_picklable_and_spools_everything(
     assert record["run_id"] is None and record["run_name"] == "trial-0012"
     assert record["create_tags"]["mlflow.parentRunId"] == "parentid"
     assert record["params"] == {"a": "1"}
-    assert [m[0] for m in record["metrics"]] == ["m", "m"]
-    assert [m[3] for m in record["metrics"]] == [1, 2]
+    # The selected value and its epoch travel with the per-epoch ones (at step 0).
+    assert [m[0] for m in record["metrics"]] == ["m", "m", "best_m", "best_epoch"]
+    assert [m[3] for m in record["metrics"]] == [1, 2, 0, 0]
+    assert [m[1] for m in record["metrics"]][2:] == [0.5, 1.0]
     assert record["tags"]["mfstudy.best_epoch"] == "1" and record["end_status"] == "FINISHED"
     with pytest.raises(RuntimeError, match="already ended"):
         tr.log_epoch(3, {"m": 1.0})
