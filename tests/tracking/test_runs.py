@@ -162,7 +162,13 @@ def test_trials_are_nested_with_per_epoch_metrics_and_states(
         study.run_id,
         trials,
         {"optuna_history": extra},
-        {"number": 0, "value": 0.5, "params": {"factors": 8}},
+        {
+            "number": 0,
+            "value": 0.5,
+            "best_epoch": 7,
+            "metric": "test_precision_at_k",
+            "params": {"factors": 8},
+        },
     )
     assert set(logged) == {
         "trials.csv",
@@ -180,6 +186,9 @@ def test_trials_are_nested_with_per_epoch_metrics_and_states(
     assert len(csv) == 4
     parent = client.get_run(study.run_id)
     assert parent.data.tags["mfstudy.best_trial"] == "0"
+    # The study's best as the parent's metrics, named as on the trial runs.
+    best = {k: v for k, v in parent.data.metrics.items() if k.startswith("best_")}
+    assert best == {"best_trial": 0.0, "best_test_precision_at_k": 0.5, "best_epoch": 7.0}
     finish_study(tracking_uri, study.run_id, "complete")
     assert client.get_run(study.run_id).info.status == "FINISHED"
 
