@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +23,14 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
 from mfstudy.tracking._errors import TrackingError
-from mfstudy.tracking._params import clip_param_key, clip_param_value, flatten, split_numeric
+from mfstudy.tracking._params import clip_param_key, clip_param_value, flatten
 from mfstudy.tracking._transport import FailurePolicy, Transport, check_reachable, short_reason
 from mfstudy.tracking._uri import local_artifact_root, redact_uri
 
 __all__ = [
+    "DATA_METRICS",
     "StudyRun",
+    "data_metrics",
     "fail_run",
     "fail_trial_run",
     "find_study_run",
@@ -41,6 +44,23 @@ _log = logging.getLogger(__name__)
 STUDY_TAG = "mfstudy.study"
 ROLE_TAG = "mfstudy.role"
 _END_STATUS = {"complete": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
+
+#: The parent run's data metrics: name -> where it is in the data statistics
+#: (`mfstudy.prepare` writes them; `stats.json` on the run has them all).
+DATA_METRICS: dict[str, tuple[str, ...]] = {
+    "data.rows_read": ("rows_read",),
+    "data.duplicates_dropped": ("duplicates_dropped",),
+    "data.users_before_threshold": ("before_threshold", "users"),
+    "data.items_before_threshold": ("before_threshold", "items"),
+    "data.interactions_before_threshold": ("before_threshold", "interactions"),
+    "data.users": ("after_threshold", "users"),
+    "data.items": ("after_threshold", "items"),
+    "data.interactions": ("after_threshold", "interactions"),
+    "data.sparsity_pct": ("after_threshold", "sparsity_pct"),
+    "data.train_interactions": ("split", "train_interactions"),
+    "data.test_interactions": ("split", "test_interactions"),
+    "data.test_users": ("split", "evaluated_users"),
+}
 
 
 @dataclass(frozen=True)
@@ -104,6 +124,21 @@ def find_study_run(uri: str, experiment_name: str, study_name: str) -> str | Non
         ) from exc
 
 
+def data_metrics(stats: dict[str, Any]) -> dict[str, float]:
+    """The compact set of data metrics (:data:`DATA_METRICS`) found in `stats`: sizes before
+    and after thresholding, sparsity, and the split's train and test sizes. Keys missing from
+    `stats` (or not numbers) are left out."""
+    out: dict[str, float] = {}
+    for name, path in DATA_METRICS.items():
+        value: Any = stats
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if math.isfinite(value):
+                out[name] = float(value)
+    return out
+
+
 def start_study(
     uri: str,
     experiment_name: str,
@@ -114,9 +149,11 @@ def start_study(
 ) -> StudyRun:
     """Create (or find again) the study's parent run and log config and data statistics.
 
-    Config goes in as params (dotted keys, clipped to MLflow's limits) and as `config.yaml`;
-    numeric stats as metrics `stats.<key>`, others as params; `stats_path` (or the stats dict)
-    as `stats.json`. Fails fast with :class:`TrackingError` when the server is unreachable.
+    The config goes in once, as params (dotted keys, clipped to MLflow's limits; pass it with
+    secrets removed, `mfstudy.secrets.public_config`) and as `config.yaml`; the data
+    statistics as a dozen metrics `data.*` (:func:`data_metrics`) and in full as `stats.json`
+    (`stats_path`, or the stats dict). Fails fast with :class:`TrackingError` when the server
+    is unreachable.
     """
     check_reachable(uri)
     client = MlflowClient(tracking_uri=uri)
@@ -152,8 +189,6 @@ def _log_config_and_stats(
     existing: dict[str, str],
 ) -> None:
     params = {clip_param_key(k): clip_param_value(v) for k, v in flatten(config).items()}
-    stat_metrics, stat_params = split_numeric(flatten(stats, "stats."))
-    params.update(stat_params)
     changed = sorted(k for k, v in params.items() if k in existing and existing[k] != v)
     new = {k: v for k, v in params.items() if k not in existing}
     tags = []
@@ -166,7 +201,7 @@ def _log_config_and_stats(
     now = _now_ms()
     client.log_batch(
         run_id,
-        metrics=[Metric(k, v, now, 0) for k, v in stat_metrics.items()],
+        metrics=[Metric(k, v, now, 0) for k, v in data_metrics(stats).items()],
         params=[Param(k, v) for k, v in new.items()],
         tags=tags,
         synchronous=True,

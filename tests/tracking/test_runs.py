@@ -31,7 +31,14 @@ CONFIG = {
     "data": {"source": "synthetic", "n_users": 50},
     "search": {"factors": [8, 16, 32], "note": "x" * 7000},
 }
-STATS = {"n_users": 50, "n_items": 30, "density": 0.12, "dataset": "synthetic"}
+#: Data statistics shaped as `mfstudy.prepare` writes them (a part of them), config included.
+STATS = {
+    "name": "demo",
+    "source": "synthetic",
+    "after_threshold": {"users": 50, "items": 30, "interactions": 180, "sparsity_pct": 88.0},
+    "split": {"kind": "holdout", "test_interactions": 20, "evaluated_users": 10},
+    "config": CONFIG,
+}
 
 
 def _curve(epoch: int, trial: int) -> dict[str, float]:
@@ -63,9 +70,18 @@ def test_parent_run_logs_config_stats_and_artifacts(tracking_uri: str, study: St
     assert run.data.params["data.source"] == "synthetic"
     assert run.data.params["search.factors"] == "[8, 16, 32]"
     assert len(run.data.params["search.note"]) == 6000  # clipped to MLflow's limit
-    assert run.data.params["stats.dataset"] == "synthetic"
-    assert run.data.metrics["stats.n_users"] == 50.0
-    assert run.data.metrics["stats.density"] == pytest.approx(0.12)
+    # The config once (not again from the statistics that embed it), the statistics as a
+    # compact set of named metrics.
+    assert set(run.data.params) == {"name", "data.source", "data.n_users", "search.factors",
+                                    "search.note"}  # fmt: skip
+    assert run.data.metrics == {
+        "data.users": 50.0,
+        "data.items": 30.0,
+        "data.interactions": 180.0,
+        "data.sparsity_pct": 88.0,
+        "data.test_interactions": 20.0,
+        "data.test_users": 10.0,
+    }
     names = {a.path for a in client.list_artifacts(study.run_id)}
     assert {"config.yaml", "stats.json"} <= names
     local = client.download_artifacts(study.run_id, "stats.json")

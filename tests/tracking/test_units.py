@@ -20,7 +20,7 @@ import mfstudy.models
 from mfstudy.errors import MFStudyError
 from mfstudy.models import Callback, Recommender
 from mfstudy.tracking import LoadedRecommender, TrackingError, TrialRun, tracking_uri_for
-from mfstudy.tracking._params import clip_param_key, clip_param_value, flatten, split_numeric
+from mfstudy.tracking._params import clip_param_key, clip_param_value, flatten
 from mfstudy.tracking._transport import short_reason
 
 
@@ -109,12 +109,29 @@ def test_params_are_clipped_to_mlflow_limits(value: str, key: str) -> None:
         assert key.endswith(k[3:])
 
 
-def test_stats_split_into_metrics_and_params() -> None:
-    metrics, params = split_numeric(
-        {"n": 3, "d": 0.5, "flag": True, "name": "x", "inf": float("inf"), "lst": [1, 2]}
-    )
-    assert metrics == {"n": 3.0, "d": 0.5}
-    assert params == {"flag": "True", "name": "x", "inf": "inf", "lst": "[1, 2]"}
+def test_data_metrics_are_a_compact_named_set() -> None:
+    from mfstudy.tracking._study import DATA_METRICS, data_metrics
+
+    stats = {
+        "name": "x",
+        "rows_read": 120,
+        "duplicates_dropped": 2,
+        "before_threshold": {"users": 10, "items": 20, "interactions": 118, "sparsity_pct": 41.0},
+        "after_threshold": {"users": 8, "items": 15, "interactions": 100, "sparsity_pct": 16.7},
+        "threshold": {"passes": 3, "users_removed": 2},
+        "split": {"kind": "holdout", "train_interactions": 90, "test_interactions": 10,
+                  "eligible_users": 8, "heldout_users": 5, "evaluated_users": 5},
+        "config": {"seed": 1, "data": {"n_users": 10}},
+    }  # fmt: skip
+    got = data_metrics(stats)
+    assert len(DATA_METRICS) <= 12 and set(got) == set(DATA_METRICS)
+    assert got["data.users"] == 8 and got["data.users_before_threshold"] == 10
+    assert (got["data.sparsity_pct"], got["data.test_users"]) == (16.7, 5)
+    assert all(isinstance(v, float) for v in got.values())
+    # Missing parts, non-numbers and non-finite values are left out, not guessed.
+    partial = {"after_threshold": {"users": True, "items": float("nan"), "interactions": 4}}
+    assert data_metrics(partial) == {"data.interactions": 4.0}
+    assert data_metrics({"split": "holdout"}) == {}
 
 
 # --------------------------------------------------------------------------- id mapping
