@@ -44,6 +44,10 @@ _log = logging.getLogger(__name__)
 STUDY_TAG = "mfstudy.study"
 ROLE_TAG = "mfstudy.role"
 _END_STATUS = {"complete": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
+#: The experiment tag MLflow's UI reads for what kind of work an experiment holds, and its
+#: value for model training (the others: `genai_development`, `finetuning`, ...).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 #: The parent run's data metrics: name -> where it is in the data statistics
 #: (`mfstudy.prepare` writes them; `stats.json` on the run has them all).
@@ -78,22 +82,32 @@ def _now_ms() -> int:
 
 
 def _experiment_id(client: MlflowClient, name: str, study_name: str) -> str:
+    """The id of experiment `name`, created if needed, with the experiment kind set.
+
+    The kind (tag `mlflow.experimentKind`) is set when mfstudy creates the experiment, and on
+    an existing one that has none; a kind already there (a user's choice) is left alone.
+    """
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        if exp.lifecycle_stage == "deleted":
-            raise TrackingError(
-                f"MLflow experiment {name!r} is deleted; restore it or choose another name"
+    if exp is None:
+        try:
+            root = local_artifact_root(client.tracking_uri)
+            return client.create_experiment(
+                name,
+                artifact_location=root,
+                tags={STUDY_TAG: study_name, EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
             )
-        return exp.experiment_id
-    try:
-        root = local_artifact_root(client.tracking_uri)
-        return client.create_experiment(name, artifact_location=root, tags={STUDY_TAG: study_name})
-    except MlflowException as exc:  # created concurrently
-        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-        found = client.get_experiment_by_name(name)
-        assert found is not None
-        return found.experiment_id
+        except MlflowException as exc:  # created concurrently
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            exp = client.get_experiment_by_name(name)
+            assert exp is not None
+    if exp.lifecycle_stage == "deleted":
+        raise TrackingError(
+            f"MLflow experiment {name!r} is deleted; restore it or choose another name"
+        )
+    if not exp.tags.get(EXPERIMENT_KIND_TAG):
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp.experiment_id
 
 
 def _find_parent(client: MlflowClient, experiment_id: str, study_name: str) -> str | None:

@@ -88,6 +88,24 @@ def test_parent_run_logs_config_stats_and_artifacts(tracking_uri: str, study: St
     assert json.loads(Path(local).read_text()) == STATS
 
 
+def test_experiment_kind_is_model_training_unless_chosen_otherwise(
+    tracking_uri: str, study: StudyRun
+) -> None:
+    client = MlflowClient(tracking_uri)
+    kind = "mlflow.experimentKind"
+    # Created by mfstudy: tagged as model development (the UI's "Machine learning" kind).
+    assert client.get_experiment(study.experiment_id).tags[kind] == "custom_model_development"
+    # An experiment created elsewhere without a kind gets one ...
+    bare = client.create_experiment("mfstudy-test-kind-bare")
+    start_study(tracking_uri, "mfstudy-test-kind-bare", "bare", {}, {}, None)
+    assert client.get_experiment(bare).tags[kind] == "custom_model_development"
+    # ... and one whose kind a user chose keeps it.
+    chosen = client.create_experiment("mfstudy-test-kind-chosen", tags={kind: "finetuning"})
+    st = start_study(tracking_uri, "mfstudy-test-kind-chosen", "chosen", {}, {}, None)
+    assert st.experiment_id == chosen
+    assert client.get_experiment(chosen).tags[kind] == "finetuning"
+
+
 def test_resume_reuses_the_parent_run(tracking_uri: str, study: StudyRun) -> None:
     changed = {**CONFIG, "name": "demo-renamed", "extra": 1}
     again = start_study(tracking_uri, "mfstudy-test-runs", "demo", changed, STATS, None)
