@@ -24,6 +24,7 @@ from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
 from mfstudy.tracking._errors import TrackingError
 from mfstudy.tracking._params import clip_param_key, clip_param_value, flatten
+from mfstudy.tracking._tags import check_tags
 from mfstudy.tracking._transport import FailurePolicy, Transport, check_reachable, short_reason
 from mfstudy.tracking._uri import local_artifact_root, redact_uri
 
@@ -160,15 +161,18 @@ def start_study(
     config: dict[str, Any],
     stats: dict[str, Any],
     stats_path: Path | None = None,
+    tags: dict[str, str] | None = None,
 ) -> StudyRun:
     """Create (or find again) the study's parent run and log config and data statistics.
 
     The config goes in once, as params (dotted keys, clipped to MLflow's limits; pass it with
     secrets removed, `mfstudy.secrets.public_config`) and as `config.yaml`; the data
     statistics as a dozen metrics `data.*` (:func:`data_metrics`) and in full as `stats.json`
-    (`stats_path`, or the stats dict). Fails fast with :class:`TrackingError` when the server
-    is unreachable.
+    (`stats_path`, or the stats dict). `tags` are set on the run, updated when it is found
+    again (ValueError, before anything is sent, for one mfstudy sets itself: see
+    `_tags.check_tags`). Fails fast with :class:`TrackingError` when the server is unreachable.
     """
+    extra_tags = check_tags(tags)
     check_reachable(uri)
     client = MlflowClient(tracking_uri=uri)
     try:
@@ -185,7 +189,7 @@ def start_study(
             run = client.get_run(run_id)
             existing = dict(run.data.params)
             client.update_run(run_id, status="RUNNING")
-        _log_config_and_stats(client, run_id, config, stats, stats_path, existing)
+        _log_config_and_stats(client, run_id, config, stats, stats_path, existing, extra_tags)
     except MlflowException as exc:
         raise TrackingError(
             f"could not start study {study_name!r} in MLflow at {redact_uri(uri)}: "
@@ -201,11 +205,12 @@ def _log_config_and_stats(
     stats: dict[str, Any],
     stats_path: Path | None,
     existing: dict[str, str],
+    extra_tags: dict[str, str],
 ) -> None:
     params = {clip_param_key(k): clip_param_value(v) for k, v in flatten(config).items()}
     changed = sorted(k for k, v in params.items() if k in existing and existing[k] != v)
     new = {k: v for k, v in params.items() if k not in existing}
-    tags = []
+    tags = [RunTag(k, v) for k, v in extra_tags.items()]
     if existing:
         resumes = int(client.get_run(run_id).data.tags.get("mfstudy.resumes", "0")) + 1
         tags.append(RunTag("mfstudy.resumes", str(resumes)))

@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -38,6 +38,7 @@ from mlflow.utils.validation import (
 )
 
 from mfstudy.tracking._params import clip_param_key, clip_param_value
+from mfstudy.tracking._tags import check_tags
 from mfstudy.tracking._transport import FailurePolicy, Transport, short_reason
 
 __all__ = ["ReplayReport", "TrialEnd", "TrialRun", "TrialState", "replay_spool"]
@@ -171,6 +172,7 @@ class TrialRun:
         create_now: bool = True,
         clock: Callable[[], float] = time.monotonic,
         metric: str | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> TrialRun:
         """Open the nested run `trial-0007` under `parent_run_id` with `params`.
 
@@ -180,7 +182,8 @@ class TrialRun:
         starts: the run is created at the next successful flush, or by :func:`replay_spool`
         after the trial. `clock` (monotonic seconds) times `flush_seconds`; tests pass a fake
         one. `metric` is the study's objective metric (`study.metric`): :meth:`end` logs the
-        trial's best value as `best_<metric>` (`best_value` when not given).
+        trial's best value as `best_<metric>` (`best_value` when not given). `tags` are set on
+        the run when it is created (ValueError for one mfstudy sets itself).
         """
         name = f"trial-{int(trial_number):04d}"
         pending = _Pending(
@@ -188,6 +191,7 @@ class TrialRun:
             run_name=name,
             start_time=_now_ms(),
             create_tags={
+                **check_tags(tags),
                 "mlflow.parentRunId": parent_run_id,
                 "mfstudy.role": "trial",
                 "mfstudy.trial_number": str(int(trial_number)),

@@ -59,7 +59,10 @@ def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, flo
 def study(tracking_uri: str, tmp_path_factory: pytest.TempPathFactory) -> StudyRun:
     stats_path = tmp_path_factory.mktemp("stats") / "data-stats.json"
     stats_path.write_text(json.dumps(STATS))
-    return start_study(tracking_uri, "mfstudy-test-runs", "demo", CONFIG, STATS, stats_path)
+    return start_study(
+        tracking_uri, "mfstudy-test-runs", "demo", CONFIG, STATS, stats_path,
+        tags={"link.flow_run": "http://prefect/1"},
+    )  # fmt: skip
 
 
 def test_parent_run_logs_config_stats_and_artifacts(tracking_uri: str, study: StudyRun) -> None:
@@ -107,8 +110,14 @@ def test_experiment_kind_is_model_training_unless_chosen_otherwise(
 
 
 def test_resume_reuses_the_parent_run(tracking_uri: str, study: StudyRun) -> None:
+    client = MlflowClient(tracking_uri)
+    assert client.get_run(study.run_id).data.tags["link.flow_run"] == "http://prefect/1"
     changed = {**CONFIG, "name": "demo-renamed", "extra": 1}
-    again = start_study(tracking_uri, "mfstudy-test-runs", "demo", changed, STATS, None)
+    # The links of the run that resumes it replace the first ones.
+    again = start_study(
+        tracking_uri, "mfstudy-test-runs", "demo", changed, STATS, None,
+        tags={"link.flow_run": "http://prefect/2"},
+    )  # fmt: skip
     assert again.resumed and not study.resumed
     assert (again.run_id, again.experiment_id) == (study.run_id, study.experiment_id)
     client = MlflowClient(tracking_uri)
@@ -121,6 +130,7 @@ def test_resume_reuses_the_parent_run(tracking_uri: str, study: StudyRun) -> Non
     assert run.data.params["name"] == "demo"  # params are immutable: first value kept ...
     assert run.data.tags["mfstudy.config_changed"] == "name"  # ... and the change recorded
     assert run.data.tags["mfstudy.resumes"] == "1"
+    assert run.data.tags["link.flow_run"] == "http://prefect/2"
 
 
 def test_trials_are_nested_with_per_epoch_metrics_and_states(
@@ -351,8 +361,9 @@ def test_short_trial_costs_three_requests(
 
     # Opened as a study opens trial runs: created at the first flush (time-based) or the end.
     logs = MlflowTrialLogs(
-        tracking_uri, study.experiment_id, study.run_id, tmp_path, 600.0, metric="test_mse"
-    )
+        tracking_uri, study.experiment_id, study.run_id, tmp_path, 600.0, metric="test_mse",
+        tags=(("link.task_run", "http://prefect/t/40"),),
+    )  # fmt: skip
     logs = pickle.loads(pickle.dumps(logs))  # as it reaches the worker processes
     tr = logs(40, {"factors": 8, "reg": 0.1})
     for epoch in range(1, 20):
@@ -367,6 +378,7 @@ def test_short_trial_costs_three_requests(
     assert run.data.params == {"factors": "8", "reg": "0.1"}
     assert run.data.tags["mfstudy.best_epoch"] == "19"
     assert (run.data.metrics["best_test_mse"], run.data.metrics["best_epoch"]) == (0.5, 19)
+    assert run.data.tags["link.task_run"] == "http://prefect/t/40"  # in the same 3 requests
     assert run.data.tags["mlflow.parentRunId"] == study.run_id
     got = _history(MlflowClient(tracking_uri), end.run_id, "test_precision_at_k")
     assert [s for s, _ in got] == list(range(1, 20))

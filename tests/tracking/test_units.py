@@ -56,6 +56,44 @@ def test_importing_the_package_is_cheap_and_has_no_side_effects(tmp_path: Path) 
     assert list(tmp_path.iterdir()) == []
 
 
+def test_run_url_is_the_servers_browser_address_without_secrets() -> None:
+    from mfstudy.tracking import run_url
+
+    assert run_url("http://127.0.0.1:5000", "3", "abc") == (
+        "http://127.0.0.1:5000/#/experiments/3/runs/abc"
+    )
+    # A password (and a query holding a token) never reaches the link; a path prefix stays.
+    assert run_url("https://bob:s3cr/t@ml.example.org/mlflow/?token=x", "12", "f00d") == (
+        "https://ml.example.org/mlflow/#/experiments/12/runs/f00d"
+    )
+    assert run_url("HTTP://host:80/", "0", "r") == "HTTP://host:80/#/experiments/0/runs/r"
+    # Local stores have no address.
+    for uri in ("sqlite:////tmp/runs/mlflow.db", "file:///tmp/mlruns", "/tmp/mlruns", "databricks"):
+        assert run_url(uri, "1", "r") is None
+
+
+def test_extra_run_tags_are_checked_before_any_run_is_opened(tmp_path: Path) -> None:
+    from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_TAG_VAL_LENGTH
+
+    from mfstudy.tracking import MlflowTrialLogs
+    from mfstudy.tracking._tags import MAX_TAG_KEY_LENGTH, MAX_TAG_VALUE_LENGTH, check_tags
+
+    assert (MAX_TAG_KEY_LENGTH, MAX_TAG_VALUE_LENGTH) == (MAX_ENTITY_KEY_LENGTH, MAX_TAG_VAL_LENGTH)
+    assert check_tags(None) == {} and check_tags([("a", "1")]) == {"a": "1"}
+    logs = MlflowTrialLogs("http://x", "1", "p", tmp_path, 1.0, tags=(("prefect.run", "u"),))
+    assert pickle.loads(pickle.dumps(logs)) == logs
+    for bad in (
+        {"mfstudy.study": "other"},  # would hide the parent run from its study
+        {"mlflow.parentRunId": "x"},
+        {"k": 1},
+        {"k": "v" * (MAX_TAG_VAL_LENGTH + 1)},
+    ):
+        with pytest.raises(ValueError, match="run tag"):
+            check_tags(bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="run tag"):
+            MlflowTrialLogs("http://x", "1", "p", tmp_path, 1.0, tags=tuple(bad.items()))
+
+
 def test_tracking_errors_are_one_line_user_errors() -> None:
     err = TrackingError("server at\nhttp://x is unreachable:\n  refused")
     assert (
