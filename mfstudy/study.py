@@ -278,7 +278,9 @@ def _loggable(cfg: StudyConfig) -> dict[str, Any]:
     return public_config(cfg.model_dump(mode="json"))
 
 
-def open_study(cfg: StudyConfig, prepared: Prepared | None = None) -> StudySession:
+def open_study(
+    cfg: StudyConfig, prepared: Prepared | None = None, *, run_tags: dict[str, str] | None = None
+) -> StudySession:
     """Everything before the first trial: checks, data, the Optuna study, the parent run.
 
     `prepared` is the output of the preparation stages when the caller ran them itself (the
@@ -287,6 +289,8 @@ def open_study(cfg: StudyConfig, prepared: Prepared | None = None) -> StudySessi
     the data changed since its trials ran; the session's `cfg` is that study's. The data is
     written to `<workdir>/<study>/data`, where worker processes read it. Trials left RUNNING by
     a crashed worker are failed (and their MLflow runs closed) so the budget re-runs them.
+    `run_tags` are set on the study's MLflow runs: the parent run (updated when it is resumed)
+    and every trial run (links to the orchestrator's runs, say).
     """
     from mfstudy import tracking
 
@@ -321,6 +325,7 @@ def open_study(cfg: StudyConfig, prepared: Prepared | None = None) -> StudySessi
             _loggable(cfg),
             prepared.stats,
             data_dir / "stats.json",
+            tags=run_tags,
         )
         for t in fail_stale_trials(study, cfg):
             log.warning("trial %d was left running by a crashed worker: marked failed", t.number)
@@ -347,7 +352,13 @@ def open_study(cfg: StudyConfig, prepared: Prepared | None = None) -> StudySessi
         n_trials=cfg.study.n_trials,
         threads=threads,
         tracker=tracking.MlflowTrialLogs(
-            uri, parent.experiment_id, parent.run_id, spool, cfg.tracking.flush_seconds
+            uri,
+            parent.experiment_id,
+            parent.run_id,
+            spool,
+            cfg.tracking.flush_seconds,
+            metric=cfg.metric,
+            tags=tuple((run_tags or {}).items()),
         ),
         deadline=time.time() + cfg.study.timeout if cfg.study.timeout else None,
     )

@@ -166,3 +166,113 @@ def test_nothing_is_registered_when_every_trial_fails(tmp_path: Path, tracking_u
     [trial] = _journal_trials(tmp_path, "it-allfail")
     assert trial.state == optuna.trial.TrialState.FAIL and "Diverged" in trial.user_attrs["error"]
     assert [r.info.status for r in trials] == ["FAILED"]
+
+
+RANKED = [
+    "study.n_trials=10",
+    "study.workers=1",  # one after another: every trial's result is the same on each run
+    "study.threads_per_worker=1",
+    "study.eval_every=1",
+    "study.sampler.n_startup_trials=3",
+    "study.pruner.kind=median",
+    "study.pruner.n_startup_trials=2",
+    "study.pruner.n_warmup_steps=3",
+    "search_space={wrmf: {factors: {type: int, low: 2, high: 48, log: true},"
+    " regularization: {type: float, low: 0.001, high: 1000, log: true},"
+    " alpha: {type: float, low: 0.5, high: 80, log: true}, iterations: 8}}",
+]
+
+
+def test_runs_table_sorted_by_best_metric_ranks_trials_as_the_study_does(
+    tmp_path: Path, tracking_uri: str
+) -> None:
+    import pandas as pd
+
+    from mfstudy.secrets import public_config
+    from mfstudy.study import close_study, open_study
+    from mfstudy.tracking._params import flatten
+    from mfstudy.tuning import run_local
+
+    name, key = "it-ranked", "test_precision_at_5"
+    cfg = _cfg(tmp_path, tracking_uri, name, RANKED)
+    # The study as open_study's callers run it, with links for its runs.
+    session = open_study(cfg, run_tags={"link.flow_run": "http://prefect/runs/7"})
+    run_local(session.ctx, 1)
+    result = close_study(session)
+
+    client = MlflowClient(tracking_uri)
+    parent, trials = _runs(client, name)
+    study = journal_study(tmp_path / name / "optuna.journal", name)
+    frozen = {t.number: t for t in study.get_trials()}
+    assert len(trials) == len(frozen) == 10
+    by_number = {int(r.data.tags["mfstudy.trial_number"]): r for r in trials}
+
+    # Every trial run has the value the study selected for it: its metric at its best epoch.
+    selected = {}
+    for n, t in frozen.items():
+        run = by_number[n]
+        best_epoch = t.user_attrs["best_epoch"]
+        selected[n] = t.intermediate_values[best_epoch]
+        assert run.data.metrics[f"best_{key}"] == selected[n], f"trial {n}"
+        assert run.data.metrics["best_epoch"] == best_epoch
+        assert (
+            run.data.tags["mfstudy.state"]
+            == {"COMPLETE": "complete", "PRUNED": "pruned"}[t.state.name]
+        )
+        assert run.data.tags["link.flow_run"] == "http://prefect/runs/7"
+        if t.state.name == "COMPLETE":
+            assert selected[n] == t.value
+    # The case must exercise what it claims: a pruned trial whose last value (Optuna's value
+    # for it, and the run's latest per-epoch value) is not its best.
+    pruned = [n for n, t in frozen.items() if t.state.name == "PRUNED" and t.value != selected[n]]
+    assert pruned, "no pruned trial ended below its best"
+    for n in pruned:
+        assert by_number[n].data.metrics[key] == frozen[n].value != selected[n]
+
+    # Sorted by best_<metric>, the finished (COMPLETE) trial runs rank as the study does.
+    def ranked(order_by: str) -> list[tuple[int, float]]:
+        runs = client.search_runs(
+            [parent.info.experiment_id],
+            filter_string=(
+                f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' "
+                "and attributes.status = 'FINISHED'"
+            ),
+            order_by=[order_by],
+        )
+        return [(int(r.data.tags["mfstudy.trial_number"]), r.data.metrics) for r in runs]
+
+    by_best = [(n, m[f"best_{key}"]) for n, m in ranked(f"metrics.best_{key} DESC")]
+    complete = sorted(
+        ((t.number, t.value) for t in frozen.values() if t.state.name == "COMPLETE"),
+        key=lambda nv: -nv[1],
+    )
+    assert len(complete) >= 4
+    # Equal values (precision@k is a count over a small test set) may come in either order.
+    assert [v for _, v in by_best] == [v for _, v in complete]
+    assert dict(by_best) == dict(complete)
+    assert by_best[0][1] > by_best[1][1], "the case needs a single best trial"
+    assert by_best[0][0] == study.best_trial.number == result.best.number
+    # ... which the last epoch's values (the per-epoch metric's column) would not: the case
+    # has a trial that peaked before its last epoch and changes places for it.
+    by_last = [(n, m[key]) for n, m in ranked(f"metrics.{key} DESC")]
+    assert [n for n, _ in by_last] != [n for n, _ in by_best]
+
+    # The parent run: the study's best, the config once, a compact set of data metrics.
+    pm, params = parent.data.metrics, parent.data.params
+    assert pm[f"best_{key}"] == study.best_value
+    assert pm["best_epoch"] == study.best_trial.user_attrs["best_epoch"]
+    assert pm["best_trial"] == study.best_trial.number
+    assert parent.data.tags["link.flow_run"] == "http://prefect/runs/7"
+    assert not any(k.startswith("stats.") for k in [*params, *pm])
+    assert set(params) == set(flatten(public_config(session.cfg.model_dump(mode="json"))))
+    data = {k for k in pm if k.startswith("data.")}
+    assert len(data) == 12 and set(pm) == data | {f"best_{key}", "best_epoch", "best_trial"}
+    assert pm["data.test_users"] == len(session.prepared.users)
+
+    # The trials table (trials.csv, and the rows the flow's report is written from) agrees.
+    csv = Path(client.download_artifacts(parent.info.run_id, "trials.csv", str(tmp_path)))
+    table = pd.read_csv(csv).set_index("number")
+    for n in frozen:
+        assert table.loc[n, "value"] == pytest.approx(selected[n], rel=1e-12), f"trial {n}"
+        assert table.loc[n, "best_epoch"] == frozen[n].user_attrs["best_epoch"]
+    assert {r["number"]: r["value"] for r in result.trials} == selected

@@ -27,7 +27,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from mfstudy.tracking._errors import HoldoutMismatchError, TrackingError, UnknownIdError
-from mfstudy.tracking._uri import redact_uri, tracking_uri_for
+from mfstudy.tracking._uri import redact_uri, run_url, tracking_uri_for
 
 if TYPE_CHECKING:
     from mfstudy.tracking._artifacts import log_study_artifacts
@@ -68,6 +68,7 @@ __all__ = [
     "move_champion",
     "redact_uri",
     "replay_spool",
+    "run_url",
     "set_champion_if_better",
     "start_study",
     "tracking_uri_for",

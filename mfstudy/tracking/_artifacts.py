@@ -21,6 +21,7 @@ from mlflow.entities import Metric, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 
 from mfstudy.tracking._errors import TrackingError
+from mfstudy.tracking._params import clip_param_key
 from mfstudy.tracking._transport import short_reason
 
 __all__ = [
@@ -164,9 +165,13 @@ def log_study_artifacts(
 ) -> list[str]:
     """Log `trials.csv`, `best.json` and the figures under `figures/`; return artifact paths.
 
-    `best` names the best trial by `number` (or `trial_number`) and may carry `value` and
-    `params`. The learning curve and traces figures are built from the metric histories of the
-    nested trial runs; `figures` adds others (e.g. Optuna's optimisation history).
+    `best` names the best trial by `number` (or `trial_number`) and may carry `value`,
+    `best_epoch`, `metric` (the objective's metric key) and `params`. The best trial's number,
+    value and epoch are logged as the parent run's metrics `best_trial`, `best_<metric>`
+    (`best_value` without a `metric`) and `best_epoch`, as the trial runs carry theirs; and
+    tag `mfstudy.best_trial`. The learning curve and traces figures are built from the metric
+    histories of the nested trial runs; `figures` adds others (e.g. Optuna's optimisation
+    history). `trials` is the trials table (`mfstudy.tuning.trials_table`), as `trials.csv`.
     """
     client = MlflowClient(tracking_uri=uri)
     best_number = best.get("number", best.get("trial_number"))
@@ -183,16 +188,21 @@ def log_study_artifacts(
         )
         logged += ["trials.csv", "best.json"]
         tags = []
+        # Stamped with the time, not 0: a study closed again (resumed with a larger budget,
+        # or closed by several processes) logs another best, and two values of one key at the
+        # same (timestamp, step) make MLflow's copy of the run's metrics into the logged model
+        # fail (UNIQUE constraint), so nothing registers. Step 0 always: the runs table shows
+        # the value of the highest step, then the latest, so the last summary's best wins.
+        now = int(time.time() * 1000)
         metrics = []
         if best_number is not None:
             tags.append(RunTag("mfstudy.best_trial", str(int(best_number))))
+            metrics.append(Metric("best_trial", float(int(best_number)), now, 0))
         if best.get("value") is not None:
-            # Stamped with the time, not 0: a study closed again (resumed with a larger
-            # budget, or closed by several processes) logs another best value, and two
-            # values of one key at the same (timestamp, step) make MLflow's copy of the run's
-            # metrics into the logged model fail (UNIQUE constraint), so nothing registers.
-            now = int(time.time() * 1000)
-            metrics.append(Metric("best_value", float(best["value"]), now, 0))
+            key = clip_param_key(f"best_{best['metric']}") if best.get("metric") else "best_value"
+            metrics.append(Metric(key, float(best["value"]), now, 0))
+        if best.get("best_epoch") is not None:
+            metrics.append(Metric("best_epoch", float(int(best["best_epoch"])), now, 0))
         if tags or metrics:
             client.log_batch(parent_run_id, metrics=metrics, tags=tags, synchronous=True)
 

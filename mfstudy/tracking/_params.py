@@ -1,15 +1,14 @@
-"""Nested config/stats dicts as MLflow params: dotted keys, values clipped to MLflow's limits."""
+"""A nested config as MLflow params: dotted keys, values clipped to MLflow's limits."""
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from typing import Any
 
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH
 
-__all__ = ["clip_param_key", "clip_param_value", "flatten", "split_numeric"]
+__all__ = ["clip_param_key", "clip_param_value", "flatten"]
 
 _ELLIPSIS = "..."
 
@@ -45,16 +44,3 @@ def clip_param_value(value: Any) -> str:
     if len(text) > MAX_PARAM_VAL_LENGTH:
         text = text[: MAX_PARAM_VAL_LENGTH - len(_ELLIPSIS)] + _ELLIPSIS
     return text
-
-
-def split_numeric(flat: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, str]]:
-    """Finite numbers (not booleans) become metrics; everything else stays a param string."""
-    metrics: dict[str, float] = {}
-    params: dict[str, str] = {}
-    for key, value in flat.items():
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            if math.isfinite(float(value)):
-                metrics[clip_param_key(key)] = float(value)
-                continue
-        params[clip_param_key(key)] = clip_param_value(value)
-    return metrics, params

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +23,15 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
 from mfstudy.tracking._errors import TrackingError
-from mfstudy.tracking._params import clip_param_key, clip_param_value, flatten, split_numeric
+from mfstudy.tracking._params import clip_param_key, clip_param_value, flatten
+from mfstudy.tracking._tags import check_tags
 from mfstudy.tracking._transport import FailurePolicy, Transport, check_reachable, short_reason
 from mfstudy.tracking._uri import local_artifact_root, redact_uri
 
 __all__ = [
+    "DATA_METRICS",
     "StudyRun",
+    "data_metrics",
     "fail_run",
     "fail_trial_run",
     "find_study_run",
@@ -41,6 +45,27 @@ _log = logging.getLogger(__name__)
 STUDY_TAG = "mfstudy.study"
 ROLE_TAG = "mfstudy.role"
 _END_STATUS = {"complete": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
+#: The experiment tag MLflow's UI reads for what kind of work an experiment holds, and its
+#: value for model training (the others: `genai_development`, `finetuning`, ...).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+#: The parent run's data metrics: name -> where it is in the data statistics
+#: (`mfstudy.prepare` writes them; `stats.json` on the run has them all).
+DATA_METRICS: dict[str, tuple[str, ...]] = {
+    "data.rows_read": ("rows_read",),
+    "data.duplicates_dropped": ("duplicates_dropped",),
+    "data.users_before_threshold": ("before_threshold", "users"),
+    "data.items_before_threshold": ("before_threshold", "items"),
+    "data.interactions_before_threshold": ("before_threshold", "interactions"),
+    "data.users": ("after_threshold", "users"),
+    "data.items": ("after_threshold", "items"),
+    "data.interactions": ("after_threshold", "interactions"),
+    "data.sparsity_pct": ("after_threshold", "sparsity_pct"),
+    "data.train_interactions": ("split", "train_interactions"),
+    "data.test_interactions": ("split", "test_interactions"),
+    "data.test_users": ("split", "evaluated_users"),
+}
 
 
 @dataclass(frozen=True)
@@ -58,22 +83,32 @@ def _now_ms() -> int:
 
 
 def _experiment_id(client: MlflowClient, name: str, study_name: str) -> str:
+    """The id of experiment `name`, created if needed, with the experiment kind set.
+
+    The kind (tag `mlflow.experimentKind`) is set when mfstudy creates the experiment, and on
+    an existing one that has none; a kind already there (a user's choice) is left alone.
+    """
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        if exp.lifecycle_stage == "deleted":
-            raise TrackingError(
-                f"MLflow experiment {name!r} is deleted; restore it or choose another name"
+    if exp is None:
+        try:
+            root = local_artifact_root(client.tracking_uri)
+            return client.create_experiment(
+                name,
+                artifact_location=root,
+                tags={STUDY_TAG: study_name, EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
             )
-        return exp.experiment_id
-    try:
-        root = local_artifact_root(client.tracking_uri)
-        return client.create_experiment(name, artifact_location=root, tags={STUDY_TAG: study_name})
-    except MlflowException as exc:  # created concurrently
-        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-        found = client.get_experiment_by_name(name)
-        assert found is not None
-        return found.experiment_id
+        except MlflowException as exc:  # created concurrently
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            exp = client.get_experiment_by_name(name)
+            assert exp is not None
+    if exp.lifecycle_stage == "deleted":
+        raise TrackingError(
+            f"MLflow experiment {name!r} is deleted; restore it or choose another name"
+        )
+    if not exp.tags.get(EXPERIMENT_KIND_TAG):
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp.experiment_id
 
 
 def _find_parent(client: MlflowClient, experiment_id: str, study_name: str) -> str | None:
@@ -104,6 +139,21 @@ def find_study_run(uri: str, experiment_name: str, study_name: str) -> str | Non
         ) from exc
 
 
+def data_metrics(stats: dict[str, Any]) -> dict[str, float]:
+    """The compact set of data metrics (:data:`DATA_METRICS`) found in `stats`: sizes before
+    and after thresholding, sparsity, and the split's train and test sizes. Keys missing from
+    `stats` (or not numbers) are left out."""
+    out: dict[str, float] = {}
+    for name, path in DATA_METRICS.items():
+        value: Any = stats
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if math.isfinite(value):
+                out[name] = float(value)
+    return out
+
+
 def start_study(
     uri: str,
     experiment_name: str,
@@ -111,13 +161,18 @@ def start_study(
     config: dict[str, Any],
     stats: dict[str, Any],
     stats_path: Path | None = None,
+    tags: dict[str, str] | None = None,
 ) -> StudyRun:
     """Create (or find again) the study's parent run and log config and data statistics.
 
-    Config goes in as params (dotted keys, clipped to MLflow's limits) and as `config.yaml`;
-    numeric stats as metrics `stats.<key>`, others as params; `stats_path` (or the stats dict)
-    as `stats.json`. Fails fast with :class:`TrackingError` when the server is unreachable.
+    The config goes in once, as params (dotted keys, clipped to MLflow's limits; pass it with
+    secrets removed, `mfstudy.secrets.public_config`) and as `config.yaml`; the data
+    statistics as a dozen metrics `data.*` (:func:`data_metrics`) and in full as `stats.json`
+    (`stats_path`, or the stats dict). `tags` are set on the run, updated when it is found
+    again (ValueError, before anything is sent, for one mfstudy sets itself: see
+    `_tags.check_tags`). Fails fast with :class:`TrackingError` when the server is unreachable.
     """
+    extra_tags = check_tags(tags)
     check_reachable(uri)
     client = MlflowClient(tracking_uri=uri)
     try:
@@ -134,7 +189,7 @@ def start_study(
             run = client.get_run(run_id)
             existing = dict(run.data.params)
             client.update_run(run_id, status="RUNNING")
-        _log_config_and_stats(client, run_id, config, stats, stats_path, existing)
+        _log_config_and_stats(client, run_id, config, stats, stats_path, existing, extra_tags)
     except MlflowException as exc:
         raise TrackingError(
             f"could not start study {study_name!r} in MLflow at {redact_uri(uri)}: "
@@ -150,13 +205,12 @@ def _log_config_and_stats(
     stats: dict[str, Any],
     stats_path: Path | None,
     existing: dict[str, str],
+    extra_tags: dict[str, str],
 ) -> None:
     params = {clip_param_key(k): clip_param_value(v) for k, v in flatten(config).items()}
-    stat_metrics, stat_params = split_numeric(flatten(stats, "stats."))
-    params.update(stat_params)
     changed = sorted(k for k, v in params.items() if k in existing and existing[k] != v)
     new = {k: v for k, v in params.items() if k not in existing}
-    tags = []
+    tags = [RunTag(k, v) for k, v in extra_tags.items()]
     if existing:
         resumes = int(client.get_run(run_id).data.tags.get("mfstudy.resumes", "0")) + 1
         tags.append(RunTag("mfstudy.resumes", str(resumes)))
@@ -166,7 +220,7 @@ def _log_config_and_stats(
     now = _now_ms()
     client.log_batch(
         run_id,
-        metrics=[Metric(k, v, now, 0) for k, v in stat_metrics.items()],
+        metrics=[Metric(k, v, now, 0) for k, v in data_metrics(stats).items()],
         params=[Param(k, v) for k, v in new.items()],
         tags=tags,
         synchronous=True,

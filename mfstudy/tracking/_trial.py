@@ -7,6 +7,10 @@ tags and metrics together) every `flush_every` epochs and/or `flush_seconds` sec
 the end. With `create_now=False` even the run is created at the first flush: a trial shorter
 than `flush_seconds` then costs three requests in all (create, one batch, end).
 
+When the trial ends, the value the study selected for it (its metric at its best epoch) is
+logged as metric `best_<metric>` beside `best_epoch`, so that the runs table sorted by it ranks
+the trials as the study does; the per-epoch metrics' latest values are the last epoch's.
+
 Everything not yet acknowledged by the server (the run itself if it could not be created, its
 params and tags, buffered metrics, the final status) lives in one :class:`_Pending` record. A
 failed send keeps the record and the next flush retries; if it still fails when the trial ends,
@@ -20,7 +24,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -34,6 +38,7 @@ from mlflow.utils.validation import (
 )
 
 from mfstudy.tracking._params import clip_param_key, clip_param_value
+from mfstudy.tracking._tags import check_tags
 from mfstudy.tracking._transport import FailurePolicy, Transport, short_reason
 
 __all__ = ["ReplayReport", "TrialEnd", "TrialRun", "TrialState", "replay_spool"]
@@ -131,6 +136,7 @@ class TrialRun:
         spool_dir: Path | None,
         flush_seconds: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        metric: str | None = None,
     ) -> None:
         self._transport = transport
         self._pending = pending
@@ -139,6 +145,7 @@ class TrialRun:
         self.flush_every = None if flush_every is None else max(1, int(flush_every))
         self.flush_seconds = flush_seconds
         self.spool_dir = Path(spool_dir) if spool_dir is not None else None
+        self.metric = metric
         self._epochs_since_flush = 0
         # What `flush_seconds` is measured on: injectable, so that a test advances a fake clock
         # instead of sleeping (a sleep races the flush window on a loaded machine).
@@ -164,6 +171,8 @@ class TrialRun:
         flush_seconds: float | None = None,
         create_now: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        metric: str | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> TrialRun:
         """Open the nested run `trial-0007` under `parent_run_id` with `params`.
 
@@ -172,7 +181,9 @@ class TrialRun:
         at once; otherwise at the first flush. If the server cannot be reached the trial still
         starts: the run is created at the next successful flush, or by :func:`replay_spool`
         after the trial. `clock` (monotonic seconds) times `flush_seconds`; tests pass a fake
-        one.
+        one. `metric` is the study's objective metric (`study.metric`): :meth:`end` logs the
+        trial's best value as `best_<metric>` (`best_value` when not given). `tags` are set on
+        the run when it is created (ValueError for one mfstudy sets itself).
         """
         name = f"trial-{int(trial_number):04d}"
         pending = _Pending(
@@ -180,6 +191,7 @@ class TrialRun:
             run_name=name,
             start_time=_now_ms(),
             create_tags={
+                **check_tags(tags),
                 "mlflow.parentRunId": parent_run_id,
                 "mfstudy.role": "trial",
                 "mfstudy.trial_number": str(int(trial_number)),
@@ -196,6 +208,7 @@ class TrialRun:
             spool_dir,
             flush_seconds,
             clock,
+            metric,
         )
         if create_now:
             run._try_deliver(final=False)
@@ -209,6 +222,11 @@ class TrialRun:
     @property
     def uri(self) -> str:
         return self._transport.uri
+
+    @property
+    def best_key(self) -> str:
+        """The metric holding the trial's selected value: `best_<metric>`, or `best_value`."""
+        return clip_param_key(f"best_{self.metric}") if self.metric else "best_value"
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         """Buffer `metrics` measured now at step `epoch`; flush when an epoch or time limit is
@@ -240,8 +258,11 @@ class TrialRun:
     ) -> TrialEnd:
         """Flush, tag the outcome and end the run as FINISHED, KILLED (pruned) or FAILED.
 
-        Never raises because of the server: what cannot be sent is spooled (see
-        :func:`replay_spool`) and reported in the returned :class:`TrialEnd`.
+        `best_value` is the trial's metric at `best_epoch` (for a pruned trial too: not its last
+        value); both are logged as metrics, `best_<metric>` and `best_epoch` (step 0), and as
+        tags `mfstudy.best_value` and `mfstudy.best_epoch`. Never raises because of the server:
+        what cannot be sent is spooled (see :func:`replay_spool`) and reported in the returned
+        :class:`TrialEnd`.
         """
         if self.result is not None:
             return self.result
@@ -255,6 +276,11 @@ class TrialRun:
         if error:
             tags["mfstudy.error"] = " ".join(str(error).split())[:MAX_TAG_VAL_LENGTH]
         self._pending.tags.update(tags)
+        now = _now_ms()
+        if best_value is not None:
+            self._pending.metrics.append([self.best_key, float(best_value), now, 0])
+        if best_epoch is not None:
+            self._pending.metrics.append(["best_epoch", float(int(best_epoch)), now, 0])
         self._pending.end_status = _STATUS[state]
         self._pending.end_time = _now_ms()
 

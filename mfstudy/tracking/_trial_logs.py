@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from mfstudy.tracking._errors import TrackingError
+from mfstudy.tracking._tags import check_tags
 
 __all__ = ["MlflowTrialLogs"]
 
@@ -23,13 +24,20 @@ class MlflowTrialLogs:
     """Opens a trial's nested MLflow run; picklable, so worker processes can call it.
 
     The run is created at the trial's first flush (after `flush_seconds`) or at its end,
-    whichever comes first (see `tracking.flush_seconds`)."""
+    whichever comes first (see `tracking.flush_seconds`). `metric` is the study's objective
+    metric (`study.metric`): a trial's best value is logged as `best_<metric>`. `tags` are set
+    on every trial run it opens (checked here: ValueError for one mfstudy sets itself)."""
 
     uri: str
     experiment_id: str
     parent_run_id: str
     spool_dir: Path
     flush_seconds: float
+    metric: str | None = None
+    tags: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        check_tags(self.tags)
 
     def __call__(self, number: int, params: dict[str, Any]) -> Any:
         from mfstudy.tracking._trial import TrialRun
@@ -44,6 +52,8 @@ class MlflowTrialLogs:
             flush_every=None,
             flush_seconds=self.flush_seconds,
             create_now=False,
+            metric=self.metric,
+            tags=dict(self.tags),
         )
 
     def fail_crashed(self, number: int, run_id: str | None, reason: str) -> None:

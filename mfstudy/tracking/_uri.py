@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import quote
 
 from mfstudy.secrets import redact_uri
 
-__all__ = ["is_http_uri", "local_artifact_root", "redact_uri", "tracking_uri_for"]
+__all__ = ["is_http_uri", "local_artifact_root", "redact_uri", "run_url", "tracking_uri_for"]
 
 
 def tracking_uri_for(uri: str | None, root: Path) -> str:
@@ -40,3 +41,14 @@ def local_artifact_root(uri: str) -> str | None:
     if not db.is_absolute():
         db = db.resolve()
     return (db.parent / "artifacts").as_uri()
+
+
+def run_url(uri: str, experiment_id: str, run_id: str) -> str | None:
+    """The browser URL of a run, `<server>/#/experiments/<experiment>/runs/<run>`, when `uri` is
+    an HTTP(S) tracking server (without its password: :func:`redact_uri`); None for a local
+    store (SQLite, files), which has no address to open (`mlflow ui` serves it anywhere)."""
+    if not is_http_uri(uri):
+        return None
+    base = redact_uri(uri.strip()).rstrip("/")
+    exp, run = quote(str(experiment_id), safe=""), quote(str(run_id), safe="")
+    return f"{base}/#/experiments/{exp}/runs/{run}"

@@ -186,9 +186,21 @@ def best_trial(study: optuna.Study, cfg: StudyConfig) -> BestTrial:
 
 
 def trials_table(study: optuna.Study) -> list[dict[str, Any]]:
-    """One row per trial: number, state, value, best epoch, duration and parameters."""
+    """One row per trial: number, state, value, best epoch, duration and parameters.
+
+    `value` is the objective's metric at the trial's best epoch, `intermediate_values[
+    best_epoch]`, for every trial with a best epoch: for a complete trial that is its Optuna
+    value; for a pruned one it is not (Optuna gives a pruned trial its *last* reported value),
+    and for a failed one it is the best it reached before failing. The trial runs' MLflow
+    metric `best_<metric>` holds the same number. A trial without a best epoch (running, or
+    failed before its first evaluation) shows Optuna's value, None.
+    """
     rows = []
     for t in study.get_trials(deepcopy=False):
+        best_epoch = t.user_attrs.get(BEST_EPOCH_ATTR)
+        value = t.value
+        if best_epoch is not None and best_epoch in t.intermediate_values:
+            value = t.intermediate_values[best_epoch]
         dur = (
             (t.datetime_complete - t.datetime_start).total_seconds()
             if t.datetime_complete and t.datetime_start
@@ -198,8 +210,8 @@ def trials_table(study: optuna.Study) -> list[dict[str, Any]]:
             {
                 "number": t.number,
                 "state": t.state.name.lower(),
-                "value": t.value,
-                "best_epoch": t.user_attrs.get(BEST_EPOCH_ATTR),
+                "value": value,
+                "best_epoch": best_epoch,
                 "epochs_reported": len(t.intermediate_values),
                 "duration_s": dur,
                 "error": t.user_attrs.get("error"),

@@ -91,11 +91,13 @@ def _trials(workdir: Path, name: str) -> Trials:
     }
 
 
-def _registered(uri: str, name: str) -> tuple[str, dict[str, str]]:
+def _registered(uri: str, name: str) -> tuple[str, dict[str, str], dict[str, float]]:
+    """The champion's version, and its (parent) run's params and data metrics."""
     ml = MlflowClient(uri)
     version = ml.get_model_version_by_alias(name, "champion")
     run = ml.get_run(version.run_id)
-    return version.version, run.data.params
+    data = {k: v for k, v in run.data.metrics.items() if k.startswith("data.")}
+    return version.version, run.data.params, data
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -118,7 +120,7 @@ def test_cli_and_flow_run_the_same_study(
         timeout=300,
     )
     assert res.returncode == 0, res.stderr
-    cli_version, cli_params = _registered(f"sqlite:///{cli_dir / 'mlflow.db'}", name)
+    cli_version, cli_params, cli_data = _registered(f"sqlite:///{cli_dir / 'mlflow.db'}", name)
 
     flow_dir = tmp_path / "flow"
     result = study_flow(
@@ -126,7 +128,7 @@ def test_cli_and_flow_run_the_same_study(
         workers=workers,
         overrides=_overrides(name, flow_dir, tracking_uri, extra),
     )
-    flow_version, flow_params = _registered(tracking_uri, name)
+    flow_version, flow_params, flow_data = _registered(tracking_uri, name)
 
     cli_trials, flow_trials = _trials(cli_dir, name), _trials(flow_dir, name)
     assert sorted(cli_trials) == list(range(n_trials)) == sorted(flow_trials)
@@ -156,11 +158,15 @@ def test_cli_and_flow_run_the_same_study(
     assert f"best trial #{best_number} " in res.stderr
     assert res.stdout.strip().splitlines()[-1] == f"models:/{name}/1"
     # The retrained-and-registered model came from the same recipe (params, epochs): every
-    # logged parameter is equal but where each was told to write and track.
+    # logged parameter (the config, logged once) is equal but where each was told to write
+    # and track.
     differ = {
         k for k in cli_params.keys() | flow_params.keys() if cli_params.get(k) != flow_params.get(k)
     }
-    assert {k.removeprefix("stats.config.") for k in differ} == {"workdir", "tracking.uri"}
+    assert differ == {"workdir", "tracking.uri"}
+    assert not any(k.startswith("stats.") for k in cli_params.keys() | flow_params.keys())
+    # The same data statistics (the parent runs' data metrics).
+    assert cli_data == flow_data and len(cli_data) >= 10
     # The same prepared data (split) underneath.
     for part in ("train.npz", "test.npz", "users.csv", "items.csv"):
         a = (cli_dir / name / "data" / part).read_bytes()

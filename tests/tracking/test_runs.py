@@ -31,7 +31,14 @@ CONFIG = {
     "data": {"source": "synthetic", "n_users": 50},
     "search": {"factors": [8, 16, 32], "note": "x" * 7000},
 }
-STATS = {"n_users": 50, "n_items": 30, "density": 0.12, "dataset": "synthetic"}
+#: Data statistics shaped as `mfstudy.prepare` writes them (a part of them), config included.
+STATS = {
+    "name": "demo",
+    "source": "synthetic",
+    "after_threshold": {"users": 50, "items": 30, "interactions": 180, "sparsity_pct": 88.0},
+    "split": {"kind": "holdout", "test_interactions": 20, "evaluated_users": 10},
+    "config": CONFIG,
+}
 
 
 def _curve(epoch: int, trial: int) -> dict[str, float]:
@@ -52,7 +59,10 @@ def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, flo
 def study(tracking_uri: str, tmp_path_factory: pytest.TempPathFactory) -> StudyRun:
     stats_path = tmp_path_factory.mktemp("stats") / "data-stats.json"
     stats_path.write_text(json.dumps(STATS))
-    return start_study(tracking_uri, "mfstudy-test-runs", "demo", CONFIG, STATS, stats_path)
+    return start_study(
+        tracking_uri, "mfstudy-test-runs", "demo", CONFIG, STATS, stats_path,
+        tags={"link.flow_run": "http://prefect/1"},
+    )  # fmt: skip
 
 
 def test_parent_run_logs_config_stats_and_artifacts(tracking_uri: str, study: StudyRun) -> None:
@@ -63,18 +73,51 @@ def test_parent_run_logs_config_stats_and_artifacts(tracking_uri: str, study: St
     assert run.data.params["data.source"] == "synthetic"
     assert run.data.params["search.factors"] == "[8, 16, 32]"
     assert len(run.data.params["search.note"]) == 6000  # clipped to MLflow's limit
-    assert run.data.params["stats.dataset"] == "synthetic"
-    assert run.data.metrics["stats.n_users"] == 50.0
-    assert run.data.metrics["stats.density"] == pytest.approx(0.12)
+    # The config once (not again from the statistics that embed it), the statistics as a
+    # compact set of named metrics.
+    assert set(run.data.params) == {"name", "data.source", "data.n_users", "search.factors",
+                                    "search.note"}  # fmt: skip
+    assert run.data.metrics == {
+        "data.users": 50.0,
+        "data.items": 30.0,
+        "data.interactions": 180.0,
+        "data.sparsity_pct": 88.0,
+        "data.test_interactions": 20.0,
+        "data.test_users": 10.0,
+    }
     names = {a.path for a in client.list_artifacts(study.run_id)}
     assert {"config.yaml", "stats.json"} <= names
     local = client.download_artifacts(study.run_id, "stats.json")
     assert json.loads(Path(local).read_text()) == STATS
 
 
+def test_experiment_kind_is_model_training_unless_chosen_otherwise(
+    tracking_uri: str, study: StudyRun
+) -> None:
+    client = MlflowClient(tracking_uri)
+    kind = "mlflow.experimentKind"
+    # Created by mfstudy: tagged as model development (the UI's "Machine learning" kind).
+    assert client.get_experiment(study.experiment_id).tags[kind] == "custom_model_development"
+    # An experiment created elsewhere without a kind gets one ...
+    bare = client.create_experiment("mfstudy-test-kind-bare")
+    start_study(tracking_uri, "mfstudy-test-kind-bare", "bare", {}, {}, None)
+    assert client.get_experiment(bare).tags[kind] == "custom_model_development"
+    # ... and one whose kind a user chose keeps it.
+    chosen = client.create_experiment("mfstudy-test-kind-chosen", tags={kind: "finetuning"})
+    st = start_study(tracking_uri, "mfstudy-test-kind-chosen", "chosen", {}, {}, None)
+    assert st.experiment_id == chosen
+    assert client.get_experiment(chosen).tags[kind] == "finetuning"
+
+
 def test_resume_reuses_the_parent_run(tracking_uri: str, study: StudyRun) -> None:
+    client = MlflowClient(tracking_uri)
+    assert client.get_run(study.run_id).data.tags["link.flow_run"] == "http://prefect/1"
     changed = {**CONFIG, "name": "demo-renamed", "extra": 1}
-    again = start_study(tracking_uri, "mfstudy-test-runs", "demo", changed, STATS, None)
+    # The links of the run that resumes it replace the first ones.
+    again = start_study(
+        tracking_uri, "mfstudy-test-runs", "demo", changed, STATS, None,
+        tags={"link.flow_run": "http://prefect/2"},
+    )  # fmt: skip
     assert again.resumed and not study.resumed
     assert (again.run_id, again.experiment_id) == (study.run_id, study.experiment_id)
     client = MlflowClient(tracking_uri)
@@ -87,6 +130,7 @@ def test_resume_reuses_the_parent_run(tracking_uri: str, study: StudyRun) -> Non
     assert run.data.params["name"] == "demo"  # params are immutable: first value kept ...
     assert run.data.tags["mfstudy.config_changed"] == "name"  # ... and the change recorded
     assert run.data.tags["mfstudy.resumes"] == "1"
+    assert run.data.tags["link.flow_run"] == "http://prefect/2"
 
 
 def test_trials_are_nested_with_per_epoch_metrics_and_states(
@@ -105,6 +149,8 @@ def test_trials_are_nested_with_per_epoch_metrics_and_states(
             params,
             spool_dir=tmp_path,
             flush_every=3,
+            # Trial 0 as a study opens it (the objective's metric named); the others without.
+            metric="test_precision_at_k" if n == 0 else None,
         )
         # A trial run crosses process boundaries by value (ids and buffers, no client).
         tr = pickle.loads(pickle.dumps(tr))
@@ -130,6 +176,12 @@ def test_trials_are_nested_with_per_epoch_metrics_and_states(
         assert run.info.status == status[state]
         assert run.data.params["factors"] == str(8 * (n + 1))
         assert run.data.params["nested"] == '{"a": 1}'
+        # The selected value and epoch as metrics (sortable), for pruned and failed runs too.
+        best_key = "best_test_precision_at_k" if n == 0 else "best_value"
+        assert run.data.metrics[best_key] == 0.5 + n
+        assert run.data.metrics["best_epoch"] == epochs[n]
+        other = ({"best_value", "best_test_precision_at_k"} - {best_key}).pop()
+        assert other not in run.data.metrics
         for key in _curve(1, n):
             got = _history(client, ids[n], key)
             want = [(e, _curve(e, n)[key]) for e in range(1, epochs[n] + 1)]
@@ -154,7 +206,13 @@ def test_trials_are_nested_with_per_epoch_metrics_and_states(
         study.run_id,
         trials,
         {"optuna_history": extra},
-        {"number": 0, "value": 0.5, "params": {"factors": 8}},
+        {
+            "number": 0,
+            "value": 0.5,
+            "best_epoch": 7,
+            "metric": "test_precision_at_k",
+            "params": {"factors": 8},
+        },
     )
     assert set(logged) == {
         "trials.csv",
@@ -172,6 +230,9 @@ def test_trials_are_nested_with_per_epoch_metrics_and_states(
     assert len(csv) == 4
     parent = client.get_run(study.run_id)
     assert parent.data.tags["mfstudy.best_trial"] == "0"
+    # The study's best as the parent's metrics, named as on the trial runs.
+    best = {k: v for k, v in parent.data.metrics.items() if k.startswith("best_")}
+    assert best == {"best_trial": 0.0, "best_test_precision_at_k": 0.5, "best_epoch": 7.0}
     finish_study(tracking_uri, study.run_id, "complete")
     assert client.get_run(study.run_id).info.status == "FINISHED"
 
@@ -202,8 +263,9 @@ def test_outage_spools_and_replay_delivers(
     st = start_study(aux.uri, "mfstudy-test-outage", "outage", {"a": 1}, {}, None)
 
     tr = TrialRun.start(
-        aux.uri, st.experiment_id, st.run_id, 0, {"p": 1}, spool_dir=spool, flush_every=2
-    )
+        aux.uri, st.experiment_id, st.run_id, 0, {"p": 1}, spool_dir=spool, flush_every=2,
+        metric="test_mse",
+    )  # fmt: skip
     for epoch in (1, 2):  # flushed at epoch 2
         tr.log_epoch(epoch, _curve(epoch, 0))
     aux.stop()
@@ -218,7 +280,9 @@ def test_outage_spools_and_replay_delivers(
     tr.log_epoch(6, _curve(6, 0))
 
     # A trial that starts while the server is down still runs; its run is created later.
-    late = TrialRun.start(aux.uri, st.experiment_id, st.run_id, 1, {"p": 2}, spool_dir=spool)
+    late = TrialRun.start(
+        aux.uri, st.experiment_id, st.run_id, 1, {"p": 2}, spool_dir=spool, metric="test_mse"
+    )
     assert late.run_id is None
     for epoch in (1, 2, 3):
         late.log_epoch(epoch, _curve(epoch, 1))
@@ -244,6 +308,9 @@ def test_outage_spools_and_replay_delivers(
     assert [v for _, v in got0] == pytest.approx(
         [_curve(e, 0)["test_precision_at_k"] for e in range(1, 7)]
     )
+    # The selected value came from the spool too, exactly once.
+    assert _history(client, first.run_id, "best_test_mse") == [(0, 0.2)]
+    assert run0.data.metrics["best_epoch"] == 3
     children = client.search_runs(
         [st.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{st.run_id}'"
     )
@@ -252,6 +319,7 @@ def test_outage_spools_and_replay_delivers(
     run1 = by_number["1"]
     assert run1.info.status == "FINISHED" and run1.info.run_name == "trial-0001"
     assert run1.data.params["p"] == "2"
+    assert (run1.data.metrics["best_test_mse"], run1.data.metrics["best_epoch"]) == (0.3, 3)
     got1 = _history(client, run1.info.run_id, "test_mse")
     assert [s for s, _ in got1] == [1, 2, 3]
     assert [v for _, v in got1] == pytest.approx([_curve(e, 1)["test_mse"] for e in (1, 2, 3)])
@@ -292,7 +360,11 @@ def test_short_trial_costs_three_requests(
     from mfstudy.tracking import MlflowTrialLogs
 
     # Opened as a study opens trial runs: created at the first flush (time-based) or the end.
-    logs = MlflowTrialLogs(tracking_uri, study.experiment_id, study.run_id, tmp_path, 600.0)
+    logs = MlflowTrialLogs(
+        tracking_uri, study.experiment_id, study.run_id, tmp_path, 600.0, metric="test_mse",
+        tags=(("link.task_run", "http://prefect/t/40"),),
+    )  # fmt: skip
+    logs = pickle.loads(pickle.dumps(logs))  # as it reaches the worker processes
     tr = logs(40, {"factors": 8, "reg": 0.1})
     for epoch in range(1, 20):
         tr.log_epoch(epoch, _curve(epoch, 40))
@@ -305,6 +377,8 @@ def test_short_trial_costs_three_requests(
     assert run.info.status == "FINISHED" and run.info.run_name == "trial-0040"
     assert run.data.params == {"factors": "8", "reg": "0.1"}
     assert run.data.tags["mfstudy.best_epoch"] == "19"
+    assert (run.data.metrics["best_test_mse"], run.data.metrics["best_epoch"]) == (0.5, 19)
+    assert run.data.tags["link.task_run"] == "http://prefect/t/40"  # in the same 3 requests
     assert run.data.tags["mlflow.parentRunId"] == study.run_id
     got = _history(MlflowClient(tracking_uri), end.run_id, "test_precision_at_k")
     assert [s for s, _ in got] == list(range(1, 20))

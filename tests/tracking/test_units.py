@@ -20,7 +20,7 @@ import mfstudy.models
 from mfstudy.errors import MFStudyError
 from mfstudy.models import Callback, Recommender
 from mfstudy.tracking import LoadedRecommender, TrackingError, TrialRun, tracking_uri_for
-from mfstudy.tracking._params import clip_param_key, clip_param_value, flatten, split_numeric
+from mfstudy.tracking._params import clip_param_key, clip_param_value, flatten
 from mfstudy.tracking._transport import short_reason
 
 
@@ -54,6 +54,44 @@ def test_importing_the_package_is_cheap_and_has_no_side_effects(tmp_path: Path) 
     env = {**os.environ, "MLFLOW_TRACKING_URI": sentinel}
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_run_url_is_the_servers_browser_address_without_secrets() -> None:
+    from mfstudy.tracking import run_url
+
+    assert run_url("http://127.0.0.1:5000", "3", "abc") == (
+        "http://127.0.0.1:5000/#/experiments/3/runs/abc"
+    )
+    # A password (and a query holding a token) never reaches the link; a path prefix stays.
+    assert run_url("https://bob:s3cr/t@ml.example.org/mlflow/?token=x", "12", "f00d") == (
+        "https://ml.example.org/mlflow/#/experiments/12/runs/f00d"
+    )
+    assert run_url("HTTP://host:80/", "0", "r") == "HTTP://host:80/#/experiments/0/runs/r"
+    # Local stores have no address.
+    for uri in ("sqlite:////tmp/runs/mlflow.db", "file:///tmp/mlruns", "/tmp/mlruns", "databricks"):
+        assert run_url(uri, "1", "r") is None
+
+
+def test_extra_run_tags_are_checked_before_any_run_is_opened(tmp_path: Path) -> None:
+    from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_TAG_VAL_LENGTH
+
+    from mfstudy.tracking import MlflowTrialLogs
+    from mfstudy.tracking._tags import MAX_TAG_KEY_LENGTH, MAX_TAG_VALUE_LENGTH, check_tags
+
+    assert (MAX_TAG_KEY_LENGTH, MAX_TAG_VALUE_LENGTH) == (MAX_ENTITY_KEY_LENGTH, MAX_TAG_VAL_LENGTH)
+    assert check_tags(None) == {} and check_tags([("a", "1")]) == {"a": "1"}
+    logs = MlflowTrialLogs("http://x", "1", "p", tmp_path, 1.0, tags=(("prefect.run", "u"),))
+    assert pickle.loads(pickle.dumps(logs)) == logs
+    for bad in (
+        {"mfstudy.study": "other"},  # would hide the parent run from its study
+        {"mlflow.parentRunId": "x"},
+        {"k": 1},
+        {"k": "v" * (MAX_TAG_VAL_LENGTH + 1)},
+    ):
+        with pytest.raises(ValueError, match="run tag"):
+            check_tags(bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="run tag"):
+            MlflowTrialLogs("http://x", "1", "p", tmp_path, 1.0, tags=tuple(bad.items()))
 
 
 def test_tracking_errors_are_one_line_user_errors() -> None:
@@ -109,12 +147,29 @@ def test_params_are_clipped_to_mlflow_limits(value: str, key: str) -> None:
         assert key.endswith(k[3:])
 
 
-def test_stats_split_into_metrics_and_params() -> None:
-    metrics, params = split_numeric(
-        {"n": 3, "d": 0.5, "flag": True, "name": "x", "inf": float("inf"), "lst": [1, 2]}
-    )
-    assert metrics == {"n": 3.0, "d": 0.5}
-    assert params == {"flag": "True", "name": "x", "inf": "inf", "lst": "[1, 2]"}
+def test_data_metrics_are_a_compact_named_set() -> None:
+    from mfstudy.tracking._study import DATA_METRICS, data_metrics
+
+    stats = {
+        "name": "x",
+        "rows_read": 120,
+        "duplicates_dropped": 2,
+        "before_threshold": {"users": 10, "items": 20, "interactions": 118, "sparsity_pct": 41.0},
+        "after_threshold": {"users": 8, "items": 15, "interactions": 100, "sparsity_pct": 16.7},
+        "threshold": {"passes": 3, "users_removed": 2},
+        "split": {"kind": "holdout", "train_interactions": 90, "test_interactions": 10,
+                  "eligible_users": 8, "heldout_users": 5, "evaluated_users": 5},
+        "config": {"seed": 1, "data": {"n_users": 10}},
+    }  # fmt: skip
+    got = data_metrics(stats)
+    assert len(DATA_METRICS) <= 12 and set(got) == set(DATA_METRICS)
+    assert got["data.users"] == 8 and got["data.users_before_threshold"] == 10
+    assert (got["data.sparsity_pct"], got["data.test_users"]) == (16.7, 5)
+    assert all(isinstance(v, float) for v in got.values())
+    # Missing parts, non-numbers and non-finite values are left out, not guessed.
+    partial = {"after_threshold": {"users": True, "items": float("nan"), "interactions": 4}}
+    assert data_metrics(partial) == {"data.interactions": 4.0}
+    assert data_metrics({"split": "holdout"}) == {}
 
 
 # --------------------------------------------------------------------------- id mapping
@@ -213,7 +268,9 @@ def test_saved_model_and_maps_round_trip(tmp_path: Path, monkeypatch: pytest.Mon
 def test_trial_run_without_server_is_picklable_and_spools_everything(
     dead_uri: str, tmp_path: Path
 ) -> None:
-    tr = TrialRun.start(dead_uri, "5", "parentid", 12, {"a": 1}, spool_dir=tmp_path, flush_every=1)
+    tr = TrialRun.start(
+        dead_uri, "5", "parentid", 12, {"a": 1}, spool_dir=tmp_path, flush_every=1, metric="m"
+    )
     tr = pickle.loads(pickle.dumps(tr))
     tr.log_epoch(1, {"m": 0.5})
     tr.log_epoch(2, {"m": float("nan")})
@@ -226,8 +283,10 @@ def test_trial_run_without_server_is_picklable_and_spools_everything(
     assert record["run_id"] is None and record["run_name"] == "trial-0012"
     assert record["create_tags"]["mlflow.parentRunId"] == "parentid"
     assert record["params"] == {"a": "1"}
-    assert [m[0] for m in record["metrics"]] == ["m", "m"]
-    assert [m[3] for m in record["metrics"]] == [1, 2]
+    # The selected value and its epoch travel with the per-epoch ones (at step 0).
+    assert [m[0] for m in record["metrics"]] == ["m", "m", "best_m", "best_epoch"]
+    assert [m[3] for m in record["metrics"]] == [1, 2, 0, 0]
+    assert [m[1] for m in record["metrics"]][2:] == [0.5, 1.0]
     assert record["tags"]["mfstudy.best_epoch"] == "1" and record["end_status"] == "FINISHED"
     with pytest.raises(RuntimeError, match="already ended"):
         tr.log_epoch(3, {"m": 1.0})
