@@ -207,8 +207,12 @@ def run_trials(
     return drive_trials(session.ctx, PrefectLanes(runner, trials), workers, on_poll=on_poll)
 
 
-def trials_markdown(cfg: StudyConfig, result: StudyResult) -> str:
-    """The study report: best trial, its parameters, registration, and every trial."""
+def trials_markdown(
+    cfg: StudyConfig, result: StudyResult, links: dict[str, str | None] | None = None
+) -> str:
+    """The study report: best trial, its parameters, registration, and every trial; with
+    `links` (browser URLs of the MLflow runs `parent` and `best`), links to both."""
+    links = links or {}
     table, best = result.trials, result.best
     param_cols = sorted({k for row in table for k in row if k.startswith("param.")})
     cols = ["number", "state", "value", "best_epoch", "duration_s", *param_cols]
@@ -229,9 +233,34 @@ def trials_markdown(cfg: StudyConfig, result: StudyResult) -> str:
         f"at epoch {best.best_epoch}.\n\n"
         f"| parameter | value |\n|---|---|\n{params}\n| epochs | {best.best_epoch} |\n\n"
         f"Registered `{result.model_name}` version {result.model_version}: {verdict}. "
-        f"MLflow parent run `{result.parent_run_id}` at {redact_uri(result.tracking_uri)}.\n\n"
+        f"MLflow parent run {_link(f'`{result.parent_run_id}`', links.get('parent'))} at "
+        f"{redact_uri(result.tracking_uri)}; the best trial's run: "
+        f"{_link(f'trial-{best.number:04d}', links.get('best'))}.\n\n"
         f"## Trials\n\n{header}\n{rule}\n" + "\n".join(rows) + "\n"
     )
+
+
+def _link(text: str, url: str | None) -> str:
+    return text if url is None else f"[{text}]({url})"
+
+
+def mlflow_links(session: StudySession, result: StudyResult) -> dict[str, str | None]:
+    """Browser URLs of the study's MLflow parent run and of its best trial's run (None each
+    with a local store, which has no URL, or a run not found)."""
+    from mfstudy import tracking
+    from mfstudy.tuning import find_study
+
+    best_run = None
+    study = find_study(session.cfg)
+    for t in study.get_trials(deepcopy=False) if study is not None else []:
+        if t.number == result.best.number:
+            best_run = t.user_attrs.get("mlflow_run_id")
+    return {
+        "parent": tracking.run_url(session.uri, session.experiment_id, result.parent_run_id),
+        "best": None
+        if best_run is None
+        else tracking.run_url(session.uri, session.experiment_id, best_run),
+    }
 
 
 def _stop_reason(exc: BaseException) -> str:
@@ -294,7 +323,7 @@ def study_flow(
     # The command's close sequence, each step a task run of its own.
     result = close_study(session, CLOSE_STEPS)
     create_markdown_artifact(
-        trials_markdown(cfg, result),
+        trials_markdown(cfg, result, mlflow_links(session, result)),
         key=artifact_key("study", cfg.name),
         description=f"{cfg.name}: trials and best parameters",
     )

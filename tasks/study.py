@@ -84,8 +84,15 @@ def warm_up_task(cfg: StudyConfig, slot: int = 0, trials: TrialExecutor | None =
     **_PLAIN,
 )
 def open_study_task(cfg: StudyConfig, prepared: Prepared) -> StudySession:
-    """Write the prepared data, create or resume the Optuna study and the MLflow parent run."""
-    session = open_study(cfg, prepared)
+    """Write the prepared data, create or resume the Optuna study and the MLflow parent run.
+
+    The study's MLflow runs (parent and trials) are tagged with this flow run's id and its URL
+    in the Prefect UI (`prefect.flow_run_id`, `prefect.flow_run_url`), so a run found in MLflow
+    leads back to the flow run that made it."""
+    from prefect.runtime import flow_run
+
+    links = {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_url": flow_run.ui_url}
+    session = open_study(cfg, prepared, run_tags={k: v for k, v in links.items() if v})
     get_run_logger().info(
         "study %s: parent run %s at %s, data in %s",
         session.cfg.name,  # the study for this data (its name may carry the fingerprint)

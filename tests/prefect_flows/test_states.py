@@ -1,7 +1,9 @@
 """What the Prefect UI shows of a study's trials, on a real server: one task run per Optuna
 trial, named by its number (none that only finds the budget used up); its state names the
-trial's (Completed, Completed named Pruned, Failed with the trial's one line); and the progress
-artifact says trials done of the budget, the best so far, pruned and failed."""
+trial's (Completed, Completed named Pruned, Failed with the trial's one line); the progress
+artifact says trials done of the budget, the best so far, pruned and failed; and the links run
+both ways: MLflow runs carry the flow run's id and URL, the study artifact links to the MLflow
+parent run and the best trial's run."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mlflow import MlflowClient
 from optuna.trial import TrialState
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
@@ -84,3 +87,26 @@ def test_trial_task_runs_are_named_and_end_as_their_trials(
         f"{NAME}: trials {done}/5 done, best test_precision_at_5 {best:.5f}, "
         f"pruned {n_pruned}, failed 1"
     )
+
+    # Links: every MLflow run of the study names this flow run; the study artifact links to
+    # the parent run and the best trial's run on the tracking server.
+    flow_run_id = str(state.state_details.flow_run_id)
+    ml = MlflowClient(tracking_uri)
+    exp = ml.get_experiment_by_name(NAME)
+    runs = ml.search_runs([exp.experiment_id], max_results=100)
+    assert len(runs) == 1 + len(trials)
+    for run in runs:
+        assert run.data.tags["prefect.flow_run_id"] == flow_run_id, run.info.run_name
+        assert run.data.tags["prefect.flow_run_url"].endswith(f"/flow-runs/flow-run/{flow_run_id}")
+    parent = next(r for r in runs if r.data.tags.get("mfstudy.role") == "study")
+    best_number = max(
+        (t for t in trials.values() if t.state == TrialState.COMPLETE), key=lambda t: t.value
+    ).number
+    best_run = trials[best_number].user_attrs["mlflow_run_id"]
+    with get_client(sync_client=True) as client:
+        (study_md,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"study-{NAME}"]))
+        )
+    base = f"{tracking_uri}/#/experiments/{exp.experiment_id}/runs"
+    assert f"]({base}/{parent.info.run_id})" in str(study_md.data)
+    assert f"[trial-{best_number:04d}]({base}/{best_run})" in str(study_md.data)
