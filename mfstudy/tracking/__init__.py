@@ -2,14 +2,19 @@
 
 Layout of what a study records:
 
-- one experiment per study, holding one parent run (tag `mfstudy.study`), found again on resume
-  (:func:`start_study`, :func:`finish_study`);
+- one experiment per study (tag `mlflow.experimentKind=custom_model_development`), holding one
+  parent run (tag `mfstudy.study`), found again on resume (:func:`start_study`,
+  :func:`finish_study`);
 - one nested run per trial (`trial-0007`, tag `mlflow.parentRunId`) with per-epoch metrics at
-  step = epoch, ended FINISHED / KILLED (pruned) / FAILED (:class:`TrialRun`, opened in the
+  step = epoch and, at its end, the value the study chose for it (`best_<metric>`,
+  `best_epoch`), ended FINISHED / KILLED (pruned) / FAILED (:class:`TrialRun`, opened in the
   workers by :class:`MlflowTrialLogs`); data the server could not take is spooled locally and
   sent later (:func:`replay_spool`);
-- on the parent run: config, data statistics, trials table, best trial, figures
-  (:func:`log_study_artifacts`);
+- on the parent run: the config (params, once), data metrics `data.*` and `stats.json`
+  (:func:`start_study`); trials table, the study's best (`best_<metric>`, `best_epoch`,
+  `best_trial`), figures (:func:`log_study_artifacts`);
+- a caller's extra tags (links to its own runs) on all of them (`start_study(tags=...)`,
+  `MlflowTrialLogs(tags=...)`), and a run's browser address (:func:`run_url`);
 - the retrained model as a pyfunc model, registered with alias `champion` when it beats the
   current one (:func:`log_recommender`, :func:`set_champion_if_better`,
   :func:`load_recommender`); the nightly retraining reads the champion and moves the alias by
