@@ -188,13 +188,17 @@ def test_study_same_seed_same_trials(
     assert _optuna_trials(second, name) == trials
 
     runs = _mlflow_trial_metrics(first, name)
+    assert _mlflow_trial_metrics(second, name) == runs
     assert sorted(runs) == ["trial-0000", "trial-0001", "trial-0002"]
-    for number, _, params, intermediate, _ in trials:
+    for number, _, params, intermediate, value in trials:
         status, logged_params, history = runs[f"trial-{number:04d}"]
         assert status == "FINISHED" and set(params) <= set(logged_params)
-        # One point per evaluated epoch for every metric, the objective among them, equal to
-        # what Optuna was told.
+        # The value the study selected, once: best_<metric> and the epoch it was reached at.
+        best_value = history.pop(f"best_{metric}")
+        best_epoch = history.pop("best_epoch")
+        assert best_value == [(0, value)] and intermediate[int(best_epoch[0][1])] == value
+        # One point per evaluated epoch for every other metric, the objective among them,
+        # equal to what Optuna was told.
         steps = sorted(intermediate)
         assert history and all([s for s, _ in h] == steps for h in history.values())
         assert dict(history[metric]) == intermediate
-    assert _mlflow_trial_metrics(second, name) == runs
