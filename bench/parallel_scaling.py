@@ -13,8 +13,9 @@ with three changes so that both do the same work:
 - the trials are fixed in advance: `--trials` parameter sets drawn once from the shipped search
   space by a seeded random sampler (`RandomSampler(seed=config seed)`) are enqueued
   (`study.enqueue_trial`) into the study's journal before `run_study` starts, so both runs
-  train exactly the same trials whichever worker picks which (the workers' own samplers are
-  seeded per worker, so without this their proposals would depend on the number of workers).
+  train exactly the same trials whichever worker picks which (samplers are seeded per trial
+  number, but with 2 workers a proposal also depends on which trials had finished, so without
+  this the proposals would depend on the number of workers).
   Equal parameters and equal objective values in both runs are checked and printed.
 
 Tracking is on as shipped: the default MLflow store `sqlite:///<workdir>/mlflow.db` (or, with
