@@ -157,14 +157,15 @@ class PrefectLanes:
         return _Outcome(self.runner.submit(run_trial_task, params))
 
     def wait(self, futures: list[Any], timeout: float) -> tuple[list[Any], list[Any]]:
-        # The first one done, not all: the next trial starts the moment one ends.
+        # The first one done, not all: the next trial starts the moment one ends. Others done
+        # meanwhile come at once on the next call (no API read of each pending task run here).
         by_future = {f.future: f for f in futures}
         try:
             first = next(as_completed(list(by_future), timeout=timeout))
         except TimeoutError:
             return [], futures
-        done = [f for fut, f in by_future.items() if fut is first or fut.state.is_final()]
-        return done, [f for f in futures if f not in done]
+        done = by_future[first]
+        return [done], [f for f in futures if f is not done]
 
 
 def progress_line(info: dict[str, Any], metric: str) -> str:
