@@ -41,6 +41,25 @@ def tiny_data(
     return sets
 
 
+def grown_feed(
+    users: int, items: int, interactions: int, seed: int, keep: float = 0.7
+) -> tuple[Any, Any]:
+    """(base, grown) interaction frames for the nightly retraining's tests: `keep` of the
+    distinct pairs of planted-preference synthetic data (affinity 3), then all of them."""
+    import numpy as np
+
+    from mfstudy.config import SyntheticSource
+    from mfstudy.data import generate_synthetic
+
+    raw = generate_synthetic(
+        SyntheticSource(n_users=users, n_items=items, n_interactions=interactions, affinity=3.0),
+        seed,
+    )
+    frame = raw.frame[["user", "item", "weight"]].drop_duplicates(["user", "item"])
+    kept = np.random.default_rng(seed).random(len(frame)) < keep
+    return frame[kept], frame
+
+
 def cli_sets(overrides: Iterable[str]) -> list[str]:
     """The `mfstudy` arguments for config overrides: `--set` before each."""
     return [arg for override in overrides for arg in ("--set", override)]

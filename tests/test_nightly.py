@@ -4,31 +4,16 @@ way a cron job runs it, on a feed that starts, stays the same, grows and then sh
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from mfstudy.config import SyntheticSource
-from mfstudy.data import generate_synthetic
+from helpers import EXE, cli_sets, grown_feed
 
 pytestmark = pytest.mark.slow
 
-EXE = str(Path(sys.executable).with_name("mfstudy"))
 NAME = "nightly-cli"
-
-
-def _feeds() -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(base, grown): 70% of planted-preference interactions, then all of them."""
-    raw = generate_synthetic(
-        SyntheticSource(n_users=400, n_items=200, n_interactions=16_000, affinity=3.0), 5
-    )
-    frame = raw.frame[["user", "item", "weight"]].drop_duplicates(["user", "item"])
-    keep = np.random.default_rng(5).random(len(frame)) < 0.7
-    return frame[keep], frame
 
 
 def _retrain(tmp_path: Path, csv: Path) -> subprocess.CompletedProcess[str]:
@@ -42,9 +27,8 @@ def _retrain(tmp_path: Path, csv: Path) -> subprocess.CompletedProcess[str]:
         "search_space={wrmf: {factors: 8, regularization: 1.0, "
         "alpha: {type: float, low: 5, high: 20}, iterations: 6}}",
     ]
-    args = [a for s in sets for a in ("--set", s)]
     return subprocess.run(
-        [EXE, "retrain", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300
+        [EXE, "retrain", *cli_sets(sets)], cwd=tmp_path, capture_output=True, text=True, timeout=300
     )
 
 
@@ -54,7 +38,7 @@ def _versions(tmp_path: Path) -> list[str]:
 
 
 def test_retrain_command_runs_the_nightly_without_a_server(tmp_path: Path) -> None:
-    base, grown = _feeds()
+    base, grown = grown_feed(400, 200, 16_000, seed=5)
     csv = tmp_path / "likes.csv"
     base.to_csv(csv, index=False)
 

@@ -7,12 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
 from mlflow import MlflowClient
 
-from mfstudy.config import SyntheticSource, load_config
-from mfstudy.data import generate_synthetic
+from helpers import grown_feed
+from mfstudy.config import load_config
 from mfstudy.study import run_study
 
 NAME = "flow-gate"
@@ -35,16 +33,6 @@ def _overrides(path: Path, tmp_path: Path, uri: str) -> list[str]:
         "study.pruner.kind=none",
         SPACE,
     ]
-
-
-def _feeds() -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(base, grown): 70% of planted-preference interactions, then all of them."""
-    raw = generate_synthetic(
-        SyntheticSource(n_users=500, n_items=250, n_interactions=24_000, affinity=3.0), 9
-    )
-    frame = raw.frame[["user", "item", "weight"]].drop_duplicates(["user", "item"])
-    keep = np.random.default_rng(9).random(len(frame)) < 0.7
-    return frame[keep], frame
 
 
 def _client() -> Any:
@@ -82,7 +70,7 @@ def test_nightly_flow_fails_on_a_shrunken_feed_skips_an_unchanged_one_gates_grow
 ) -> None:
     from flows.retrain import retrain_flow
 
-    base, grown = _feeds()
+    base, grown = grown_feed(500, 250, 24_000, seed=9)
     path = tmp_path / "feed.csv"
     base.to_csv(path, index=False)
     overrides = _overrides(path, tmp_path, tracking_uri)
